@@ -1,0 +1,208 @@
+"""`omnitok` command line: each subcommand is one typed function; flags come from its signature.
+
+Positional parameters without defaults become positional arguments, everything else a
+`--kebab-case` flag (`bool` gives `--x/--no-x`, `list[T]` takes several values, `Literal` gives
+choices); help text comes from the function's docstring (`Args:` section). `--config FILE`
+(JSON, or YAML when PyYAML is installed) supplies flag values; flags on the command line win.
+Only the module of the chosen subcommand is imported, so `--help` stays fast.
+
+User errors (`OmnitokError`, missing files) print one line and exit 1; set OMNITOK_DEBUG=1 to
+see the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import json
+import os
+import re
+import sys
+import types
+import typing
+from collections.abc import Callable
+from pathlib import Path
+
+from omnitok import OmnitokError, __version__
+
+Leaf = tuple[str, str]  # ("module:function", one-line summary)
+COMMANDS: dict = {
+    "demo": ("omnitok.generate.demo:demo",
+             "Run the built-in default end to end and print what it produced."),
+    "tokenizer": {
+        "_help": "Train and inspect tokenizers.",
+        "train": {
+            "_help": "Train a tokenizer on a corpus.",
+            "text": ("omnitok.tokenizers.commands:train_text",
+                     "Train the sentencepiece BPE text tokenizer."),
+        },
+    },
+    "convert": {
+        "_help": "Import weights from other formats.",
+        "hf": ("omnitok.model.commands:convert_hf_command",
+               "Import a Hugging Face Llama-architecture model and expand its vocabulary."),
+    },
+    "model": {
+        "_help": "Create and inspect checkpoints.",
+        "init": ("omnitok.model.commands:init_model",
+                 "Create a randomly initialised checkpoint from a preset."),
+        "info": ("omnitok.model.commands:info",
+                 "Validate a checkpoint and print its configuration and vocabulary."),
+    },
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:
+        print("omnitok: interrupted", file=sys.stderr)
+        return 130
+    except (OmnitokError, OSError) as e:
+        if os.environ.get("OMNITOK_DEBUG"):
+            raise
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"omnitok: error: {message}", file=sys.stderr)
+        return 1
+
+
+def _run(argv: list[str]) -> int:
+    node, path = COMMANDS, ["omnitok"]
+    while isinstance(node, dict) and argv and argv[0] in node and argv[0] != "_help":
+        path.append(argv.pop(0))
+        node = node[path[-1]]
+    if isinstance(node, dict):
+        _group_parser(node, " ".join(path)).parse_args(argv)
+        return 2  # parse_args exits (help or a missing subcommand); not reached
+    module, _, name = node[0].partition(":")
+    fn = getattr(importlib.import_module(module), name)
+    parser = build_parser(fn, " ".join(path), node[1])
+    args = vars(parser.parse_args(argv))
+    args.pop("config", None)
+    result = fn(**args)
+    return result if isinstance(result, int) else 0
+
+
+def _group_parser(node: dict, prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=node.get("_help"))
+    if prog == "omnitok":
+        parser.add_argument("--version", action="version", version=f"omnitok {__version__}")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    for name, child in node.items():
+        if name != "_help":
+            sub.add_parser(name, help=child["_help"] if isinstance(child, dict) else child[1])
+    return parser
+
+
+def build_parser(fn: Callable, prog: str, summary: str) -> argparse.ArgumentParser:
+    """An argparse parser whose arguments mirror `fn`'s typed signature."""
+    doc = inspect.getdoc(fn) or summary
+    parser = _ConfigParser(prog=prog, description=doc.split("\n\nArgs:")[0])
+    parser.add_argument("--config", type=Path, help="JSON/YAML file with flag values")
+    helps = _param_help(doc)
+    hints = typing.get_type_hints(fn)
+    for p in inspect.signature(fn).parameters.values():
+        _add_param(parser, p, hints.get(p.name, str), helps.get(p.name, ""))
+    return parser
+
+
+def _add_param(parser: argparse.ArgumentParser, p: inspect.Parameter, hint, help_: str) -> None:
+    kind, kwargs = _unwrap(hint), {"help": help_ or " "}
+    base, origin = typing.get_origin(kind), kind
+    if base is list:
+        origin = typing.get_args(kind)[0]
+        kwargs["nargs"] = "+"
+    if typing.get_origin(origin) is typing.Literal:
+        kwargs["choices"] = list(typing.get_args(origin))
+        origin = type(kwargs["choices"][0])
+    positional = (p.default is inspect.Parameter.empty
+                  and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
+    if positional:
+        parser.add_argument(p.name, type=origin, **kwargs)
+        return
+    flag = "--" + p.name.replace("_", "-")
+    if origin is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    else:
+        kwargs["type"] = origin
+        kwargs["metavar"] = p.name.upper()
+    if p.default is inspect.Parameter.empty:
+        kwargs["required"] = True
+    else:
+        kwargs["default"] = p.default
+        if p.default is not None and origin is not bool:
+            kwargs["help"] += " (default: %(default)s)"
+    parser.add_argument(flag, dest=p.name, **kwargs)
+
+
+def _unwrap(hint):
+    """X | None -> X."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return hint
+
+
+def _param_help(doc: str) -> dict[str, str]:
+    """Parameter descriptions from a Google-style `Args:` section."""
+    section = doc.split("\n\nArgs:", 1)
+    if len(section) < 2:
+        return {}
+    out: dict[str, str] = {}
+    current = None
+    for line in section[1].split("\n\n")[0].splitlines():
+        m = re.match(r"\s{2,}(\w+)(?: \(.*?\))?:\s*(.*)", line)
+        if m and (current is None or len(line) - len(line.lstrip()) <= 4):
+            current, out[m.group(1)] = m.group(1), m.group(2)
+        elif current:
+            out[current] += " " + line.strip()
+    return out
+
+
+class _ConfigParser(argparse.ArgumentParser):
+    """Applies `--config FILE` values as defaults before parsing the rest of the line."""
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        pre = argparse.ArgumentParser(add_help=False)
+        pre.add_argument("--config", type=Path)
+        known, _ = pre.parse_known_args(args)
+        if known.config is not None:
+            values = _read_config(known.config)
+            dests = {a.dest: a for a in self._actions}
+            unknown = sorted(k for k in values if k.replace("-", "_") not in dests)
+            if unknown:
+                self.error(f"{known.config}: unknown keys {', '.join(unknown)}")
+            for key, value in values.items():
+                action = dests[key.replace("-", "_")]
+                if isinstance(value, list) and callable(action.type):
+                    value = [action.type(v) for v in value]
+                action.required = False
+                action.default = value
+                if not action.option_strings:
+                    action.nargs = "?"
+        return super().parse_args(args, namespace)
+
+
+def _read_config(path: Path) -> dict:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise OmnitokError(f"{path}: YAML configs need PyYAML (pip install pyyaml)") from None
+        data = yaml.safe_load(text)
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise OmnitokError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise OmnitokError(f"{path}: expected a mapping of flag names to values")
+    return data
+
+
+if __name__ == "__main__":
+    sys.exit(main())

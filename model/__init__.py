@@ -1,0 +1,1 @@
+"""Decoder-only transformer over the unified vocabulary: config, modules, KV cache, checkpoints."""

@@ -1,0 +1,149 @@
+"""Checkpoints: a folder with `model.safetensors`, `config.json`, `vocab.json` and tokenizer files.
+
+Writes are atomic (the folder is assembled beside its destination, then renamed into place).
+Loading checks every tensor against the config and names exactly what disagrees.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from omnitok import OmnitokError, atomic_dir
+from omnitok.model.config import ConfigError, ModelArgs
+from omnitok.model.transformer import Transformer
+from omnitok.tokenizers.text import TextTokenizer
+from omnitok.tokenizers.vocab import Vocab
+
+FORMAT = "omnitok-checkpoint"
+VERSION = 1
+WEIGHTS, CONFIG, VOCAB = "model.safetensors", "config.json", "vocab.json"
+
+
+class CheckpointError(OmnitokError):
+    """A checkpoint folder that is missing, corrupt, or inconsistent with itself."""
+
+
+@dataclass
+class Checkpoint:
+    model: Transformer
+    vocab: Vocab
+    text: TextTokenizer | None
+    path: Path
+
+
+def save_checkpoint(folder: str | os.PathLike, model: Transformer, vocab: Vocab,
+                    text: TextTokenizer | None = None, metadata: dict | None = None) -> Path:
+    """Write `folder` atomically; an existing checkpoint there is replaced only on success."""
+    if model.args.vocab_size != vocab.padded_size:
+        raise CheckpointError(f"model vocab_size {model.args.vocab_size} does not match the "
+                              f"vocabulary's padded size {vocab.padded_size}")
+    folder = Path(folder)
+    with atomic_dir(folder) as tmp:
+        save_file(weights_to_save(model), tmp / WEIGHTS, metadata={"format": "pt"})
+        config = {"format": FORMAT, "version": VERSION, "model": model.args.to_dict(),
+                  "dtype": str(model.tok_embeddings.weight.dtype).removeprefix("torch."),
+                  "metadata": metadata or {}}
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        vocab.save(tmp / VOCAB)
+        if text is not None:
+            text.save(tmp)
+    return folder
+
+
+def weights_to_save(model: Transformer) -> dict[str, torch.Tensor]:
+    """The state dict without the tied output head (safetensors refuses shared storage)."""
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if model.args.tie_embeddings:
+        state.pop("output.weight")
+    return state
+
+
+def read_config(folder: str | os.PathLike) -> ModelArgs:
+    path = Path(folder) / CONFIG
+    if not Path(folder).is_dir():
+        raise CheckpointError(f"{folder}: no such checkpoint folder")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{folder}: not an omnitok checkpoint (no {CONFIG})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an omnitok checkpoint config")
+    if config.get("version") != VERSION:
+        raise CheckpointError(f"{path}: unsupported checkpoint version {config.get('version')}")
+    try:
+        return ModelArgs.from_dict(config["model"])
+    except (ConfigError, KeyError) as e:
+        raise CheckpointError(f"{path}: {e}") from None
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file; a truncated or corrupt file raises CheckpointError."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing")
+    try:
+        with safe_open(path, framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+        raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({e})") from None
+
+
+def check_weights(state: dict[str, torch.Tensor], model: Transformer, source: str) -> None:
+    """Raise CheckpointError listing missing, unexpected and mis-shaped tensors."""
+    expected = {k: tuple(v.shape) for k, v in weights_to_save(model).items()}
+    problems = [f"{k}: {tuple(state[k].shape)} in the weights, {shape} from config.json"
+                for k, shape in expected.items() if k in state and tuple(state[k].shape) != shape]
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing:
+        problems.append(f"missing tensors: {_some(missing)}")
+    if unexpected:
+        problems.append(f"unexpected tensors: {_some(unexpected)}")
+    if problems:
+        raise CheckpointError(f"config.json disagrees with {source}: {_some(problems, 3)}")
+
+
+def _some(items: list[str], n: int = 4) -> str:
+    more = f" (and {len(items) - n} more)" if len(items) > n else ""
+    return "; ".join(items[:n]) + more
+
+
+def model_from_state(args: ModelArgs, state: dict[str, torch.Tensor], source: str,
+                     attn_backend: str = "sdpa") -> Transformer:
+    """A model that uses the tensors of `state` in place, after checking them against `args`."""
+    with torch.device("meta"):
+        model = Transformer(args, attn_backend=attn_backend)
+    check_weights(state, model, source)
+    model.load_state_dict(state, strict=False, assign=True)
+    if args.tie_embeddings:
+        model.output.weight = model.tok_embeddings.weight
+    model.reset_rope()
+    return model
+
+
+def load_checkpoint(folder: str | os.PathLike, *, device: torch.device | str = "cpu",
+                    dtype: torch.dtype | None = None, attn_backend: str = "sdpa") -> Checkpoint:
+    """Load and validate a checkpoint folder; the model is returned in eval mode."""
+    folder = Path(folder)
+    args = read_config(folder)
+    vocab = Vocab.load(folder / VOCAB)
+    if vocab.padded_size != args.vocab_size:
+        raise CheckpointError(f"{folder}: vocab.json has {vocab.padded_size} ids (padded) but "
+                              f"config.json says vocab_size={args.vocab_size}")
+    state = read_weights(folder / WEIGHTS)
+    model = model_from_state(args, state, str(folder / WEIGHTS), attn_backend)
+    model.to(device=device, dtype=dtype)
+    text_file = folder / TextTokenizer.FILENAME
+    text = TextTokenizer.load(text_file) if text_file.exists() else None
+    if text is not None and text.vocab_size > vocab.text_size:
+        raise CheckpointError(f"{folder}: the text tokenizer has {text.vocab_size} pieces but "
+                              f"the vocabulary's text range holds {vocab.text_size}")
+    return Checkpoint(model=model.eval(), vocab=vocab, text=text, path=folder)

@@ -1,0 +1,124 @@
+"""`ModelArgs`: the one configuration of the decoder transformer, with named presets."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, fields
+
+from omnitok import OmnitokError
+
+
+class ConfigError(OmnitokError, ValueError):
+    """A model configuration that cannot be built."""
+
+
+@dataclass
+class RopeScaling:
+    """Llama-3 style frequency scaling of RoPE (`rope_scaling.rope_type == "llama3"`)."""
+
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_seq_len: int = 8192
+
+
+@dataclass
+class ModelArgs:
+    vocab_size: int = 512
+    dim: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    n_kv_heads: int | None = None  # None: = n_heads (no GQA)
+    head_dim: int | None = None  # None: dim // n_heads
+    intermediate_size: int | None = None  # None: ~8/3 * dim, rounded up to multiple_of
+    multiple_of: int = 64
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling | None = None
+    max_seq_len: int = 2048
+    qk_norm: bool = False  # RMSNorm on each head's queries and keys (Chameleon-style stability)
+    tie_embeddings: bool = False
+    z_loss: float = 0.0  # default weight of the z-loss (log Z)^2 term used by training
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rope_scaling, dict):
+            self.rope_scaling = RopeScaling(**self.rope_scaling)
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.head_dim is None:
+            if self.dim % self.n_heads:
+                raise ConfigError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
+            self.head_dim = self.dim // self.n_heads
+        if self.intermediate_size is None:
+            hidden = int(2 * 4 * self.dim / 3)
+            self.intermediate_size = -(-hidden // self.multiple_of) * self.multiple_of
+        for name in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "head_dim",
+                     "intermediate_size", "max_seq_len"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_heads % self.n_kv_heads:
+            raise ConfigError(f"n_heads {self.n_heads} is not a multiple of n_kv_heads "
+                              f"{self.n_kv_heads}")
+        if self.head_dim % 2:
+            raise ConfigError(f"head_dim must be even for RoPE, got {self.head_dim}")
+
+    @classmethod
+    def from_name(cls, name: str, **overrides) -> ModelArgs:
+        """A preset (`debug`, `tiny`, `small`, `medium`, `large`, `7b`) with fields overridden."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown model preset {name!r}; choose from {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelArgs:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown model config keys: {', '.join(unknown)}")
+        try:
+            return cls(**d)
+        except TypeError as e:
+            raise ConfigError(f"malformed model config: {e}") from None
+
+    def replace(self, **changes) -> ModelArgs:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def kv_dim(self) -> int:
+        return self.n_kv_heads * self.head_dim
+
+    def num_params(self, embeddings: bool = True) -> int:
+        """Parameter count implied by the config (tied weights counted once)."""
+        attn = self.dim * (self.n_heads + 2 * self.n_kv_heads) * self.head_dim
+        attn += self.n_heads * self.head_dim * self.dim
+        block = attn + 3 * self.dim * self.intermediate_size + 2 * self.dim
+        block += 2 * self.head_dim if self.qk_norm else 0
+        n = self.n_layers * block + self.dim
+        if embeddings:
+            n += self.vocab_size * self.dim * (1 if self.tie_embeddings else 2)
+        return n
+
+
+PRESETS: dict[str, dict] = {
+    # for tests: a few thousand parameters, GQA, every code path
+    "debug": dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, intermediate_size=160,
+                  max_seq_len=512),
+    # CPU demos: ~3.0M parameters without embeddings
+    "tiny": dict(dim=256, n_layers=4, n_heads=8, n_kv_heads=4, intermediate_size=704,
+                 max_seq_len=1024),
+    # ~76M parameters without embeddings (GPT-2 small sized)
+    "small": dict(dim=768, n_layers=12, n_heads=12, n_kv_heads=4, intermediate_size=2048,
+                  max_seq_len=2048),
+    "medium": dict(dim=1024, n_layers=24, n_heads=16, n_kv_heads=4, intermediate_size=2816,
+                   max_seq_len=4096, qk_norm=True),
+    # Llama-3.2-1B shaped
+    "large": dict(dim=2048, n_layers=16, n_heads=32, n_kv_heads=8, intermediate_size=8192,
+                  max_seq_len=8192, rope_theta=500000.0, qk_norm=True),
+    # Llama-2-7B shaped
+    "7b": dict(dim=4096, n_layers=32, n_heads=32, n_kv_heads=32, intermediate_size=11008,
+               max_seq_len=4096),
+}

@@ -1,0 +1,30 @@
+"""Static, preallocated key/value cache (gpt-fast style): no reallocation while decoding."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+
+class KVCache(nn.Module):
+    def __init__(self, batch_size: int, n_kv_heads: int, max_seq_len: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device | str | None = None) -> None:
+        super().__init__()
+        shape = (batch_size, n_kv_heads, max_seq_len, head_dim)
+        self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device),
+                             persistent=False)
+        self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device),
+                             persistent=False)
+
+    def update(self, input_pos: torch.Tensor, k: torch.Tensor,
+               v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v (B, Hkv, T, hd) at positions input_pos (B, T); return the whole caches.
+
+        Rows may sit at different positions (batched prompts of different lengths).
+        """
+        b, h, t, d = k.shape
+        index = input_pos[:, None, :, None].expand(b, h, t, d)
+        k_out, v_out = self.k_cache[:b], self.v_cache[:b]
+        k_out.scatter_(2, index, k.to(k_out.dtype))
+        v_out.scatter_(2, index, v.to(v_out.dtype))
+        return k_out, v_out

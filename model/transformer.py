@@ -1,0 +1,213 @@
+"""Decoder-only transformer: RMSNorm, RoPE, grouped-query attention, SwiGLU, static KV cache.
+
+Weights follow the Llama architecture (so Hugging Face Llama checkpoints import exactly), with
+fused projections (`wqkv`, `w13`) and optional per-head QK-norm. Attention goes through
+`omnitok.kernels.attention`, which picks the backend.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from omnitok import kernels
+from omnitok.model.config import ModelArgs, RopeScaling
+from omnitok.model.kv_cache import KVCache
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def rope_inv_freq(args: ModelArgs) -> torch.Tensor:
+    """(head_dim / 2,) inverse frequencies, with Llama-3 scaling when configured."""
+    d = args.head_dim
+    inv = 1.0 / (args.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+    return _llama3_scale(inv, args.rope_scaling) if args.rope_scaling else inv
+
+
+def _llama3_scale(inv_freq: torch.Tensor, s: RopeScaling) -> torch.Tensor:
+    low_wavelen = s.original_max_seq_len / s.low_freq_factor
+    high_wavelen = s.original_max_seq_len / s.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_wavelen, inv_freq / s.factor, inv_freq)
+    smooth = (s.original_max_seq_len / wavelen - s.low_freq_factor) / (
+        s.high_freq_factor - s.low_freq_factor)
+    mid = (1 - smooth) * scaled / s.factor + smooth * scaled
+    is_mid = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return torch.where(is_mid, mid, scaled)
+
+
+def rope_cache(args: ModelArgs, device: torch.device | None = None) -> torch.Tensor:
+    """(max_seq_len, 2, head_dim) float32: cos and sin for every position (half-split layout)."""
+    t = torch.arange(args.max_seq_len, dtype=torch.float64)
+    freqs = torch.outer(t, rope_inv_freq(args))  # (S, D/2)
+    emb = torch.cat([freqs, freqs], dim=-1)  # (S, D)
+    return torch.stack([emb.cos(), emb.sin()], dim=1).float().to(device)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: (B, H, T, D); cos, sin: (B, 1, T, D). Rotates the two halves of each head."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return x * cos + rotated * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
+        self.wqkv = nn.Linear(args.dim, (args.n_heads + 2 * args.n_kv_heads) * args.head_dim,
+                              bias=False)
+        self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
+        self.q_norm = RMSNorm(args.head_dim, args.norm_eps) if args.qk_norm else None
+        self.k_norm = RMSNorm(args.head_dim, args.norm_eps) if args.qk_norm else None
+        self.kv_cache: KVCache | None = None
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                doc_ids: torch.Tensor | None, input_pos: torch.Tensor | None,
+                backend: str) -> torch.Tensor:
+        b, t, _ = x.shape
+        q_size, kv_size = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        q, k, v = self.wqkv(x).split([q_size, kv_size, kv_size], dim=-1)
+        q = q.view(b, t, self.n_heads, self.head_dim)
+        k = k.view(b, t, self.n_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, T, hd)
+        v = v.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.kv_cache is not None and input_pos is not None:
+            k, v = self.kv_cache.update(input_pos, k, v)
+        y = kernels.attention(q, k, v, doc_ids=doc_ids, backend=backend,
+                              q_pos=input_pos if self.kv_cache is not None else None)
+        return self.wo(y.transpose(1, 2).reshape(b, t, q_size))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.w13 = nn.Linear(args.dim, 2 * args.intermediate_size, bias=False)  # gate | up
+        self.w2 = nn.Linear(args.intermediate_size, args.dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.w13(x).chunk(2, dim=-1)
+        return self.w2(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.attention_norm = RMSNorm(args.dim, args.norm_eps)
+        self.attention = Attention(args)
+        self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
+        self.feed_forward = FeedForward(args)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                doc_ids: torch.Tensor | None, input_pos: torch.Tensor | None,
+                backend: str) -> torch.Tensor:
+        x = x + self.attention(self.attention_norm(x), cos, sin, doc_ids, input_pos, backend)
+        return x + self.feed_forward(self.ffn_norm(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, args: ModelArgs, attn_backend: str = "sdpa") -> None:
+        super().__init__()
+        self.args = args
+        self.attn_backend = attn_backend
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleList(Block(args) for _ in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        if args.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+        self.register_buffer("rope", rope_cache(args), persistent=False)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith(("wo.weight", "w2.weight")):  # residual projections, GPT-2 style
+                nn.init.normal_(p, std=args.init_std / math.sqrt(2 * args.n_layers))
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=self.args.init_std)
+
+    def reset_rope(self) -> None:
+        """Recompute the RoPE table (after building on the meta device, or changing args)."""
+        self.rope = rope_cache(self.args, self.tok_embeddings.weight.device)
+
+    # ---- KV cache ------------------------------------------------------------------------
+    def setup_cache(self, batch_size: int, max_seq_len: int | None = None,
+                    dtype: torch.dtype | None = None) -> None:
+        """Preallocate a static KV cache in every layer: (batch_size, Hkv, max_seq_len, hd)."""
+        max_seq_len = max_seq_len or self.args.max_seq_len
+        if max_seq_len > self.args.max_seq_len:
+            raise ValueError(f"cache length {max_seq_len} exceeds max_seq_len "
+                             f"{self.args.max_seq_len}")
+        w = self.tok_embeddings.weight
+        for layer in self.layers:
+            layer.attention.kv_cache = KVCache(batch_size, self.args.n_kv_heads, max_seq_len,
+                                               self.args.head_dim, dtype or w.dtype, w.device)
+
+    def clear_cache(self) -> None:
+        for layer in self.layers:
+            layer.attention.kv_cache = None
+
+    @property
+    def has_cache(self) -> bool:
+        return self.layers[0].attention.kv_cache is not None
+
+    # ---- forward -------------------------------------------------------------------------
+    def forward(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None,
+                doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T, vocab_size) for token ids idx (B, T).
+
+        input_pos: (B, T) or (T,) absolute positions, required with a KV cache (the new keys
+                   and values are written there; each query sees the cache up to its position).
+        doc_ids:   (B, T) document of each token in a packed row: attention stays inside each
+                   document and positions restart at 0 in each one. Not with a KV cache.
+        """
+        b, t = idx.shape
+        if self.has_cache and input_pos is None:
+            raise ValueError("a KV cache is set up: pass input_pos")
+        if input_pos is not None and doc_ids is not None:
+            raise ValueError("doc_ids cannot be combined with input_pos")
+        pos = self._positions(b, t, input_pos, doc_ids, idx.device)  # (B, T)
+        cos, sin = self.rope[pos].unbind(2)  # (B, T, hd) each
+        cos, sin = cos[:, None].to(self.tok_embeddings.weight.dtype), sin[:, None].to(
+            self.tok_embeddings.weight.dtype)
+        x = self.tok_embeddings(idx)
+        for layer in self.layers:
+            x = layer(x, cos, sin, doc_ids, pos if input_pos is not None else None,
+                      self.attn_backend)
+        return self.output(self.norm(x))
+
+    def _positions(self, b: int, t: int, input_pos: torch.Tensor | None,
+                   doc_ids: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+        if input_pos is not None:
+            return input_pos.expand(b, t) if input_pos.dim() == 1 else input_pos
+        if t > self.args.max_seq_len:
+            raise ValueError(f"sequence length {t} exceeds max_seq_len {self.args.max_seq_len}")
+        idx = torch.arange(t, device=device).expand(b, t)
+        if doc_ids is None:
+            return idx
+        return idx - document_starts(doc_ids)
+
+
+def document_starts(doc_ids: torch.Tensor) -> torch.Tensor:
+    """(B, T) index of the first token of each token's document (documents are contiguous)."""
+    t = doc_ids.shape[1]
+    idx = torch.arange(t, device=doc_ids.device).expand_as(doc_ids)
+    new_doc = torch.ones_like(doc_ids, dtype=torch.bool)
+    new_doc[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    return torch.where(new_doc, idx, torch.zeros_like(idx)).cummax(dim=1).values

@@ -1,0 +1,68 @@
+"""`kernels.attention` (sdpa backend) against a float64 reference written with explicit loops."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from omnitok import OmnitokError
+from omnitok.kernels import attention, resolve_backend
+
+
+def reference(q, k, v, allowed):
+    """allowed(b, i, j) -> bool; plain float64 softmax attention with GQA by head grouping."""
+    b_, h_, t_, d = q.shape
+    group = h_ // k.shape[1]
+    out = torch.zeros(q.shape, dtype=torch.float64)
+    for b in range(b_):
+        for h in range(h_):
+            kh, vh = k[b, h // group].double(), v[b, h // group].double()
+            scores = q[b, h].double() @ kh.T / math.sqrt(d)
+            for i in range(t_):
+                mask = torch.tensor([allowed(b, i, j) for j in range(k.shape[2])])
+                out[b, h, i] = torch.softmax(scores[i].masked_fill(~mask, -math.inf), 0) @ vh
+    return out
+
+
+def rand(b, h, hkv, t, s, d=16):
+    return torch.randn(b, h, t, d), torch.randn(b, hkv, s, d), torch.randn(b, hkv, s, d)
+
+
+def max_err(a, ref):
+    return float((a.double() - ref).abs().max())
+
+
+@pytest.mark.parametrize("h,hkv", [(4, 4), (4, 2), (8, 1)])
+def test_causal(h, hkv):
+    q, k, v = rand(2, h, hkv, 13, 13)
+    assert max_err(attention(q, k, v), reference(q, k, v, lambda b, i, j: j <= i)) < 1e-5
+
+
+def test_not_causal_and_bottom_right_causal():
+    q, k, v = rand(1, 4, 2, 5, 11)
+    assert max_err(attention(q, k, v, causal=False),
+                   reference(q, k, v, lambda b, i, j: True)) < 1e-5
+    # q_len != kv_len: the last query sees every key (flash-attn's convention)
+    assert max_err(attention(q, k, v), reference(q, k, v, lambda b, i, j: j <= i + 6)) < 1e-5
+
+
+def test_documents():
+    doc = torch.tensor([[0, 0, 0, 1, 2, 2, 2, 2, 3], [0, 0, 0, 0, 0, 1, 1, 1, 1]])
+    q, k, v = rand(2, 4, 2, 9, 9)
+    ref = reference(q, k, v, lambda b, i, j: j <= i and doc[b, i] == doc[b, j])
+    assert max_err(attention(q, k, v, doc_ids=doc), ref) < 1e-5
+
+
+def test_cache_positions():
+    q_pos = torch.tensor([[3, 4], [9, 10]])
+    q, k, v = rand(2, 4, 2, 2, 12)
+    ref = reference(q, k, v, lambda b, i, j: j <= q_pos[b, i])
+    assert max_err(attention(q, k, v, q_pos=q_pos), ref) < 1e-5
+
+
+def test_backend_selection():
+    assert resolve_backend(None) == "sdpa"
+    with pytest.raises(OmnitokError, match="unknown attention backend 'cuda'"):
+        resolve_backend("cuda")
