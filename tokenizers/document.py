@@ -132,6 +132,8 @@ class Document:
 
 
 class TextLike(Protocol):
+    """What the codec needs from a text tokenizer (ids 0 .. vocab_size-1)."""
+
     vocab_size: int
 
     def encode(self, text: str) -> list[int]: ...
@@ -268,7 +270,7 @@ def _as_ids(ids: Sequence[int] | torch.Tensor, vocab: Vocab) -> torch.Tensor:
 
 
 def _list_to_tensor(ids: list, size: int) -> torch.Tensor:
-    """torch's fast conversion if every entry is an integer, else a check naming the first bad one."""
+    """Fast conversion if every entry is an integer; else `InvalidId` at the first bad one."""
     try:
         t = torch.as_tensor(ids)
         if not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool):

@@ -78,9 +78,7 @@ class TextTokenizer:
             path = found[0]
         try:
             data = path.read_bytes()
-        except FileNotFoundError:
-            raise TextTokenizerError(f"{path}: no such text tokenizer file") from None
-        except OSError as e:
+        except OSError as e:  # missing, a directory, no permission
             raise TextTokenizerError(f"{path}: cannot read text tokenizer ({e.strerror})") from None
         try:
             return cls(data)
@@ -155,9 +153,8 @@ class TextTokenizer:
         than `max_sentences`, a uniform sample (seeded by `seed`) is used. Progress and a one-line
         summary go to stderr unless `progress=False`; nothing goes to stdout.
         """
-        one = isinstance(sources, (str, os.PathLike))
-        paths = [Path(sources)] if one else [Path(s) for s in sources]
-        _check_train_args(paths, vocab_size, max_sentences)
+        paths = [Path(s) for s in ([sources] if isinstance(sources, (str, os.PathLike)) else sources)]
+        _check_train_args(paths, vocab_size, character_coverage, max_sentences)
         console = Console(stderr=True) if progress else None
         start = time.perf_counter()
         sentences, seen, skipped = _read_corpus(paths, max_sentences, seed, console)
@@ -173,10 +170,12 @@ class TextTokenizer:
         return tok
 
 
-def _check_train_args(paths: list[Path], vocab_size: int, max_sentences: int) -> None:
+def _check_train_args(paths: list[Path], vocab_size: int, coverage: float, max_sentences: int) -> None:
     if vocab_size < _MIN_VOCAB:
         raise TextTokenizerError(f"vocab_size {vocab_size} is too small: byte fallback needs at least "
                                  f"{_MIN_VOCAB} (256 byte pieces, <unk>, '▁')")
+    if not 0.98 <= coverage <= 1.0:  # sentencepiece's own limits
+        raise TextTokenizerError(f"character_coverage must be in [0.98, 1.0], got {coverage}")
     if max_sentences < 1:
         raise TextTokenizerError(f"max_sentences must be at least 1, got {max_sentences}")
     for p in paths:
@@ -271,10 +270,8 @@ def iter_texts(path: str | os.PathLike) -> Generator[str, None, int]:
                     yield from texts or ()
                 else:
                     yield from _plain_line(raw, path, n)
-    except FileNotFoundError:
-        raise TextTokenizerError(f"{path}: no such text source file") from None
     except OSError as e:
-        raise TextTokenizerError(f"{path}: cannot read ({e.strerror})") from None
+        raise TextTokenizerError(f"{path}: cannot read text source ({e.strerror})") from None
     return skipped
 
 

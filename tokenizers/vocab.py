@@ -18,6 +18,7 @@ not per sample.
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -100,7 +101,8 @@ class Vocab:
             start += size
         object.__setattr__(self, "ranges", tuple(ranges))
         object.__setattr__(self, "_by_name", {r.name: r for r in ranges})
-        object.__setattr__(self, "_starts", torch.tensor([r.start for r in ranges]))
+        object.__setattr__(self, "_start_list", [r.start for r in ranges])
+        object.__setattr__(self, "_starts", torch.tensor(self._start_list))
 
     def _validate(self) -> None:
         if self.text_size < 1:
@@ -163,14 +165,20 @@ class Vocab:
             raise VocabError(f"image grid side {n} outside 1..{self.max_grid}")
         return self._by_name["grid"].start + n - 1
 
+    def grid_side(self, token_id: int) -> int:
+        """Inverse of `grid`: the side length an image-header token stands for."""
+        r, local = self.to_local(token_id)
+        if r.name != "grid":
+            raise VocabError(f"id {token_id} is not an image grid token (it is {r.name})")
+        return local + 1
+
     def locate(self, token_id: int) -> TokenRange:
         """The range that holds `token_id`; raises `VocabError` for ids outside the vocabulary."""
         if isinstance(token_id, torch.Tensor):
             token_id = int(token_id)
         if not 0 <= token_id < self.size:
             raise VocabError(f"id {token_id} is outside the vocabulary [0, {self.size})")
-        i = int(torch.searchsorted(self._starts, torch.tensor(token_id), right=True)) - 1
-        return self.ranges[i]
+        return self.ranges[bisect.bisect_right(self._start_list, token_id) - 1]
 
     def modality_of(self, token_id: int) -> Modality:
         return self.locate(token_id).modality
@@ -188,6 +196,8 @@ class Vocab:
         """
         r = self.range(name, level)
         if isinstance(local, torch.Tensor):
+            if local.dtype.is_floating_point or local.dtype.is_complex or local.dtype == torch.bool:
+                raise VocabError(f"{r.name} ids must be integers, got a {local.dtype} tensor")
             if local.numel() and (int(local.min()) < 0 or int(local.max()) >= r.size):
                 raise VocabError(f"{r.name} ids must lie in [0, {r.size}), got "
                                  f"[{int(local.min())}, {int(local.max())}]")

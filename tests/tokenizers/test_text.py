@@ -36,7 +36,8 @@ def _write_corpus(folder, seed: int = 0) -> list:
     sents = _sentences(500, seed)
     lines = []
     for i in range(0, 300, 3):
-        segs = [{"text": sents[i]}, {"image": f"{UNSEEN}{i}.png"}, {"text": sents[i + 1]}, {"audio": f"{UNSEEN}.wav"}]
+        segs = [{"text": sents[i]}, {"image": f"{UNSEEN}{i}.png"},
+                {"text": sents[i + 1]}, {"audio": f"{UNSEEN}.wav"}]
         lines.append(json.dumps({"segments": segs} if i % 2 else segs, ensure_ascii=False))
         lines.append(json.dumps([{"text": sents[i + 2] + "\n"}], ensure_ascii=False))
     lines += ['{"segments": [{"text": "Ω bad"', json.dumps([{"text": "Ω"}, {"text": 3}]), '"Ω"']
@@ -103,7 +104,8 @@ def test_iter_texts_plain_yields_nonempty_lines_verbatim(tmp_path):
 # ---- round trips ----------------------------------------------------------------------------
 
 TRICKY = ["", " ", "  ", "\n", " \n ", "\t", "\r\n", "\x00", "▁", " ▁", "▁ ", "▁▁", "a▁b", "the▁model",
-          "😀", "👩‍👩‍👧", "東京", "日本語", "Ω", "x\u0301", "\ufeff", "\u200b", "<unk>", "<0x41>", "2024", "the", "ⅷ", "ﬁ"]
+          "😀", "👩‍👩‍👧", "東京", "日本語", "Ω", "x\u0301", "\ufeff", "\u200b", "<unk>", "<0x41>",
+          "2024", "the", "ⅷ", "ﬁ"]
 
 
 @HYPO
@@ -165,7 +167,8 @@ def test_save_load_round_trip(tok, tmp_path):
     assert path == tmp_path / "ckpt" / TextTokenizer.FILENAME
     assert sorted(p.name for p in path.parent.iterdir()) == [TextTokenizer.FILENAME]
     texts = _sentences(30, 5) + TRICKY
-    for loaded in (TextTokenizer.load(path), TextTokenizer.load(path.parent), pickle.loads(pickle.dumps(tok))):
+    copies = (TextTokenizer.load(path), TextTokenizer.load(path.parent), pickle.loads(pickle.dumps(tok)))
+    for loaded in copies:
         assert loaded.model_proto == tok.model_proto
         assert loaded.encode_batch(texts) == tok.encode_batch(texts)
 
@@ -201,6 +204,8 @@ def test_training_errors(corpus, tmp_path):
         TextTokenizer.train([corpus[0], missing], vocab_size=300, progress=False)
     with pytest.raises(TextTokenizerError, match="at least 258"):
         TextTokenizer.train(corpus, vocab_size=100, progress=False)
+    with pytest.raises(TextTokenizerError, match=r"character_coverage must be in \[0.98, 1.0\]"):
+        TextTokenizer.train(corpus, vocab_size=300, character_coverage=0.5, progress=False)
     with pytest.raises(TextTokenizerError, match=r"too small for this corpus: at least \d+"):
         TextTokenizer.train(corpus, vocab_size=260, progress=False)
 
@@ -216,7 +221,8 @@ def test_vocab_too_large_keeps_suggested_maximum(corpus):
 
 @pytest.mark.parametrize("content", ["random", "truncated", "empty", "text"])
 def test_load_corrupt_model_names_the_file(tok, tmp_path, content):
-    data = {"random": random.Random(0).randbytes(4096), "truncated": tok.model_proto[: len(tok.model_proto) // 2],
+    data = {"random": random.Random(0).randbytes(4096), 
+            "truncated": tok.model_proto[: len(tok.model_proto) // 2],
             "empty": b"", "text": b"the model\n"}[content]
     path = tmp_path / "bad.model"
     path.write_bytes(data)
@@ -237,6 +243,14 @@ def test_out_of_range_ids(tok):
             tok.decode([5, bad])
         with pytest.raises(TextTokenizerError, match="out of range"):
             tok.id_to_piece(bad)
+
+
+def test_long_texts_are_cut_not_dropped(corpus, tmp_path):
+    # sentencepiece silently skips sentences over max_sentence_length bytes; this one is 120 KB
+    long = tmp_path / "long.txt"
+    long.write_text("Жук " * 30_000 + "\n", encoding="utf-8")
+    tok = TextTokenizer.train([corpus[1], long], vocab_size=400, progress=False)
+    assert [tok.id_to_piece(i) for i in tok.encode("Жук")] == ["▁Жук"]
 
 
 # ---- determinism and console ----------------------------------------------------------------
