@@ -33,7 +33,7 @@ def read_hf_config(src: Path) -> dict:
     try:
         cfg = json.loads((src / "config.json").read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConvertError(f"{src}: no config.json (expected a Hugging Face model folder)") from None
+        raise ConvertError(f"{src}: no config.json (not a Hugging Face model folder)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConvertError(f"{src / 'config.json'}: not valid JSON ({e})") from None
     if cfg.get("model_type") not in SUPPORTED:
@@ -130,7 +130,10 @@ def expand_rows(rows: torch.Tensor, vocab: Vocab, bos: int | None, eos: int | No
 
 
 def _first_id(value: int | list[int] | None) -> int | None:
-    return value[0] if isinstance(value, list) and value else value if isinstance(value, int) else None
+    """The id of a config field that may hold one id or a list of them (Llama 3's eos)."""
+    if isinstance(value, list):
+        return value[0] if value else None
+    return value if isinstance(value, int) else None
 
 
 def convert_hf(src: str | os.PathLike, *, image_size: int = 1024,

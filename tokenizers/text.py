@@ -60,7 +60,9 @@ class TextTokenizer:
         except RuntimeError:
             self._sp = None
         if self._sp is None or self._sp.vocab_size() == 0:
-            raise TextTokenizerError("not a sentencepiece model (corrupt, truncated or another format)")
+            raise TextTokenizerError(
+                "not a sentencepiece model (corrupt, truncated or another format)"
+            )
         ws_ids = [self._sp.piece_to_id(f"<0x{b:02X}>") for b in _WS.encode()]
         self._ws_ids = ws_ids if all(self._sp.is_byte(i) for i in ws_ids) else None
 
@@ -69,7 +71,7 @@ class TextTokenizer:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TextTokenizer:
-        """Load a .model file, or a folder holding `text.model` (or a Llama-style `tokenizer.model`)."""
+        """Load a .model file, or a folder with `text.model` (or a Llama `tokenizer.model`)."""
         path = Path(path)
         if path.is_dir():
             found = [path / n for n in (cls.FILENAME, "tokenizer.model") if (path / n).is_file()]
@@ -147,33 +149,46 @@ class TextTokenizer:
         seed: int = 0,
         progress: bool = True,
     ) -> TextTokenizer:
-        """Train BPE on the texts of `sources` (see `iter_texts`); deterministic for identical input.
+        """Train BPE on the texts of `sources` (see `iter_texts`); deterministic for equal input.
 
         Texts longer than 16384 characters are cut into pieces of that length; if there are more
         than `max_sentences`, a uniform sample (seeded by `seed`) is used. Progress and a one-line
         summary go to stderr unless `progress=False`; nothing goes to stdout.
         """
-        paths = [Path(s) for s in ([sources] if isinstance(sources, (str, os.PathLike)) else sources)]
+        paths = [
+            Path(s) for s in ([sources] if isinstance(sources, (str, os.PathLike)) else sources)
+        ]
         _check_train_args(paths, vocab_size, character_coverage, max_sentences)
         console = Console(stderr=True) if progress else None
         start = time.perf_counter()
         sentences, seen, skipped = _read_corpus(paths, max_sentences, seed, console)
         if not sentences:
-            raise TextTokenizerError(f"no text found in {', '.join(map(str, paths)) or '(no sources)'}")
-        status = console.status(f"training BPE (vocab {vocab_size}) ...") if console else nullcontext()
+            raise TextTokenizerError(
+                f"no text found in {', '.join(map(str, paths)) or '(no sources)'}"
+            )
+        status = (
+            console.status(f"training BPE (vocab {vocab_size}) ...") if console else nullcontext()
+        )
         with status:
             tok = cls(_train_spm(sentences, vocab_size, character_coverage, seed))
         if console:
             extra = f", {skipped} malformed lines skipped" if skipped else ""
-            console.print(f"text tokenizer: {tok.vocab_size} pieces from {len(sentences)} of {seen} "
-                          f"sentences{extra} in {time.perf_counter() - start:.1f} s", soft_wrap=True)
+            console.print(
+                f"text tokenizer: {tok.vocab_size} pieces from {len(sentences)} of {seen} "
+                f"sentences{extra} in {time.perf_counter() - start:.1f} s",
+                soft_wrap=True,
+            )
         return tok
 
 
-def _check_train_args(paths: list[Path], vocab_size: int, coverage: float, max_sentences: int) -> None:
+def _check_train_args(
+    paths: list[Path], vocab_size: int, coverage: float, max_sentences: int
+) -> None:
     if vocab_size < _MIN_VOCAB:
-        raise TextTokenizerError(f"vocab_size {vocab_size} is too small: byte fallback needs at least "
-                                 f"{_MIN_VOCAB} (256 byte pieces, <unk>, '▁')")
+        raise TextTokenizerError(
+            f"vocab_size {vocab_size} is too small: byte fallback needs at least "
+            f"{_MIN_VOCAB} (256 byte pieces, <unk>, '▁')"
+        )
     if not 0.98 <= coverage <= 1.0:  # sentencepiece's own limits
         raise TextTokenizerError(f"character_coverage must be in [0.98, 1.0], got {coverage}")
     if max_sentences < 1:
@@ -183,18 +198,34 @@ def _check_train_args(paths: list[Path], vocab_size: int, coverage: float, max_s
             raise TextTokenizerError(f"{p}: no such text source file")
 
 
-def _train_spm(sentences: list[str], vocab_size: int, character_coverage: float, seed: int) -> bytes:
+def _train_spm(
+    sentences: list[str], vocab_size: int, character_coverage: float, seed: int
+) -> bytes:
     """Run the sentencepiece trainer in memory; its errors become one-line TextTokenizerErrors."""
     spm.set_random_generator_seed(seed)
     model = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(sentences), model_writer=model, model_type="bpe",
-            vocab_size=vocab_size, character_coverage=character_coverage, byte_fallback=True,
-            normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=True,
-            split_digits=True, allow_whitespace_only_pieces=True, unk_id=0, bos_id=-1, eos_id=-1,
-            pad_id=-1, max_sentence_length=_MAX_SENTENCE_BYTES, input_sentence_size=0,
-            shuffle_input_sentence=False, num_threads=os.cpu_count() or 1, minloglevel=4,
+            sentence_iterator=iter(sentences),
+            model_writer=model,
+            model_type="bpe",
+            vocab_size=vocab_size,
+            character_coverage=character_coverage,
+            byte_fallback=True,
+            normalization_rule_name="identity",
+            remove_extra_whitespaces=False,
+            add_dummy_prefix=True,
+            split_digits=True,
+            allow_whitespace_only_pieces=True,
+            unk_id=0,
+            bos_id=-1,
+            eos_id=-1,
+            pad_id=-1,
+            max_sentence_length=_MAX_SENTENCE_BYTES,
+            input_sentence_size=0,
+            shuffle_input_sentence=False,
+            num_threads=os.cpu_count() or 1,
+            minloglevel=4,
         )
     except RuntimeError as e:
         raise _training_error(str(e), vocab_size) from None
@@ -203,11 +234,14 @@ def _train_spm(sentences: list[str], vocab_size: int, character_coverage: float,
 
 def _training_error(msg: str, vocab_size: int) -> TextTokenizerError:
     if m := re.search(r"Please set it to a value <= (\d+)", msg):
-        return TextTokenizerError(f"vocab_size {vocab_size} is too large for this corpus: "
-                                  f"at most {m[1]}")
+        return TextTokenizerError(
+            f"vocab_size {vocab_size} is too large for this corpus: at most {m[1]}"
+        )
     if m := re.search(r"smaller than required_chars\. \d+ vs (\d+)", msg):
-        return TextTokenizerError(f"vocab_size {vocab_size} is too small for this corpus: at least "
-                                  f"{m[1]} (256 byte pieces, <unk>, each character kept by coverage)")
+        return TextTokenizerError(
+            f"vocab_size {vocab_size} is too small for this corpus: at least "
+            f"{m[1]} (256 byte pieces, <unk>, each character kept by coverage)"
+        )
     return TextTokenizerError("sentencepiece training failed: " + " ".join(msg.split()))
 
 
@@ -217,8 +251,12 @@ def _read_corpus(
     """Read all sources -> (a uniform sample of <= `max_sentences` sentences, sentences seen,
     malformed lines skipped)."""
     rng, sample, seen, skipped = random.Random(seed), [], 0, 0
-    columns = (SpinnerColumn(), TextColumn("{task.description}"),
-               TextColumn("{task.completed:,} sentences"), TimeElapsedColumn())
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TextColumn("{task.completed:,} sentences"),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=console, transient=True, disable=console is None) as bar:
         task = bar.add_task("reading", total=None)
 

@@ -38,7 +38,8 @@ def test_unknown_preset_and_bad_configs():
         ModelArgs(dim=64, n_heads=4, n_kv_heads=3)
     with pytest.raises(ConfigError, match="unknown model config keys: bogus"):
         ModelArgs.from_dict({"dim": 64, "bogus": 1})
-    assert ModelArgs.from_dict(ModelArgs.from_name("small").to_dict()) == ModelArgs.from_name("small")
+    small = ModelArgs.from_name("small")
+    assert ModelArgs.from_dict(small.to_dict()) == small
 
 
 def test_document_starts():

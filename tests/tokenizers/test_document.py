@@ -7,9 +7,21 @@ from hypothesis import strategies as st
 
 from omnitok import OmnitokError
 from omnitok.tokenizers.document import (
-    AudioSegment, BadHeader, Document, DocumentCodec, DocumentError, ImageSegment, InvalidId,
-    InvalidSegment, SpecialSegment, TextSegment, UnexpectedToken, UnterminatedSegment,
-    WrongCodeCount, WrongModality)
+    AudioSegment,
+    BadHeader,
+    Document,
+    DocumentCodec,
+    DocumentError,
+    ImageSegment,
+    InvalidId,
+    InvalidSegment,
+    SpecialSegment,
+    TextSegment,
+    UnexpectedToken,
+    UnterminatedSegment,
+    WrongCodeCount,
+    WrongModality,
+)
 from omnitok.tokenizers.patterns import FlattenPattern
 from omnitok.tokenizers.vocab import DEFAULT_SPECIALS, AudioSpec, Modality, Vocab, VocabError
 

@@ -1,4 +1,4 @@
-"""Tests for omnitok.tokenizers.text: training, round trips, byte fallback, corpus reading, errors."""
+"""The text tokenizer: training, round trips, byte fallback, corpus reading, errors."""
 
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ WORDS = (
     "café naïve über 東京 日本語 2024 forty seven"
 ).split()
 UNSEEN = "Ω"  # appears only in image/audio paths and malformed lines of the manifest
-HYPO = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+HYPO = settings(
+    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 def _sentences(n: int, seed: int) -> list[str]:
@@ -36,8 +38,12 @@ def _write_corpus(folder, seed: int = 0) -> list:
     sents = _sentences(500, seed)
     lines = []
     for i in range(0, 300, 3):
-        segs = [{"text": sents[i]}, {"image": f"{UNSEEN}{i}.png"},
-                {"text": sents[i + 1]}, {"audio": f"{UNSEEN}.wav"}]
+        segs = [
+            {"text": sents[i]},
+            {"image": f"{UNSEEN}{i}.png"},
+            {"text": sents[i + 1]},
+            {"audio": f"{UNSEEN}.wav"},
+        ]
         lines.append(json.dumps({"segments": segs} if i % 2 else segs, ensure_ascii=False))
         lines.append(json.dumps([{"text": sents[i + 2] + "\n"}], ensure_ascii=False))
     lines += ['{"segments": [{"text": "Ω bad"', json.dumps([{"text": "Ω"}, {"text": 3}]), '"Ω"']
@@ -103,9 +109,36 @@ def test_iter_texts_plain_yields_nonempty_lines_verbatim(tmp_path):
 
 # ---- round trips ----------------------------------------------------------------------------
 
-TRICKY = ["", " ", "  ", "\n", " \n ", "\t", "\r\n", "\x00", "▁", " ▁", "▁ ", "▁▁", "a▁b", "the▁model",
-          "😀", "👩‍👩‍👧", "東京", "日本語", "Ω", "x\u0301", "\ufeff", "\u200b", "<unk>", "<0x41>",
-          "2024", "the", "ⅷ", "ﬁ"]
+TRICKY = [
+    "",
+    " ",
+    "  ",
+    "\n",
+    " \n ",
+    "\t",
+    "\r\n",
+    "\x00",
+    "▁",
+    " ▁",
+    "▁ ",
+    "▁▁",
+    "a▁b",
+    "the▁model",
+    "😀",
+    "👩‍👩‍👧",
+    "東京",
+    "日本語",
+    "Ω",
+    "x\u0301",
+    "\ufeff",
+    "\u200b",
+    "<unk>",
+    "<0x41>",
+    "2024",
+    "the",
+    "ⅷ",
+    "ﬁ",
+]
 
 
 @HYPO
@@ -139,7 +172,7 @@ def test_byte_fallback_for_unseen_character(tok):
     ids = tok.encode(UNSEEN)
     pieces = [tok.id_to_piece(i) for i in ids]
     byte_pieces = [f"<0x{b:02X}>" for b in UNSEEN.encode("utf-8")]
-    assert pieces[-len(byte_pieces):] == byte_pieces
+    assert pieces[-len(byte_pieces) :] == byte_pieces
     assert "".join(pieces[: -len(byte_pieces)]) in ("", "▁")
     assert tok.decode(ids) == UNSEEN
 
@@ -167,7 +200,11 @@ def test_save_load_round_trip(tok, tmp_path):
     assert path == tmp_path / "ckpt" / TextTokenizer.FILENAME
     assert sorted(p.name for p in path.parent.iterdir()) == [TextTokenizer.FILENAME]
     texts = _sentences(30, 5) + TRICKY
-    copies = (TextTokenizer.load(path), TextTokenizer.load(path.parent), pickle.loads(pickle.dumps(tok)))
+    copies = (
+        TextTokenizer.load(path),
+        TextTokenizer.load(path.parent),
+        pickle.loads(pickle.dumps(tok)),
+    )
     for loaded in copies:
         assert loaded.model_proto == tok.model_proto
         assert loaded.encode_batch(texts) == tok.encode_batch(texts)
@@ -177,8 +214,13 @@ def test_load_foreign_sentencepiece_model_adds_no_bos_eos(corpus, tmp_path):
     folder = tmp_path / "llama"
     folder.mkdir()
     sents = _sentences(500, 0)
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(sents), model_prefix=str(folder / "tokenizer"),
-                                   vocab_size=60, hard_vocab_limit=False, minloglevel=4)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sents),
+        model_prefix=str(folder / "tokenizer"),
+        vocab_size=60,
+        hard_vocab_limit=False,
+        minloglevel=4,
+    )
     ref = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
     assert (ref.bos_id(), ref.eos_id()) == (1, 2)
     foreign = TextTokenizer.load(folder)
@@ -211,7 +253,9 @@ def test_training_errors(corpus, tmp_path):
 
 
 def test_vocab_too_large_keeps_suggested_maximum(corpus):
-    with pytest.raises(TextTokenizerError, match=r"vocab_size 8000 is too large .* at most (\d+)") as err:
+    with pytest.raises(
+        TextTokenizerError, match=r"vocab_size 8000 is too large .* at most (\d+)"
+    ) as err:
         TextTokenizer.train(corpus, progress=False)
     assert "\n" not in str(err.value) and isinstance(err.value, OmnitokError)
     limit = int(re.search(r"at most (\d+)", str(err.value))[1])
@@ -221,12 +265,17 @@ def test_vocab_too_large_keeps_suggested_maximum(corpus):
 
 @pytest.mark.parametrize("content", ["random", "truncated", "empty", "text"])
 def test_load_corrupt_model_names_the_file(tok, tmp_path, content):
-    data = {"random": random.Random(0).randbytes(4096), 
-            "truncated": tok.model_proto[: len(tok.model_proto) // 2],
-            "empty": b"", "text": b"the model\n"}[content]
+    data = {
+        "random": random.Random(0).randbytes(4096),
+        "truncated": tok.model_proto[: len(tok.model_proto) // 2],
+        "empty": b"",
+        "text": b"the model\n",
+    }[content]
     path = tmp_path / "bad.model"
     path.write_bytes(data)
-    with pytest.raises(TextTokenizerError, match=re.escape(str(path)) + ".*not a sentencepiece model"):
+    with pytest.raises(
+        TextTokenizerError, match=re.escape(str(path)) + ".*not a sentencepiece model"
+    ):
         TextTokenizer.load(path)
 
 
@@ -257,7 +306,9 @@ def test_long_texts_are_cut_not_dropped(corpus, tmp_path):
 
 
 def test_training_is_deterministic(corpus, tok, tmp_path):
-    assert TextTokenizer.train(corpus, vocab_size=500, progress=False).model_proto == tok.model_proto
+    assert (
+        TextTokenizer.train(corpus, vocab_size=500, progress=False).model_proto == tok.model_proto
+    )
     other = _write_corpus(tmp_path / "other", seed=1)
     assert TextTokenizer.train(other, vocab_size=500, progress=False).model_proto != tok.model_proto
 
