@@ -102,8 +102,9 @@ class Document:
     """An ordered list of segments; equality compares code tensors by value.
 
     The id stream cannot tell where one text segment ends and the next begins, so
-    `decode(encode(doc)) == doc.normalized()` (adjacent text merged, empty text dropped),
-    provided the text tokenizer satisfies decode(encode(a) + encode(b)) == a + b.
+    `decode(encode(doc)) == doc.normalized()` (adjacent text merged, empty text dropped);
+    `encode` merges adjacent text before tokenizing, so this holds for any text tokenizer
+    whose own round trip is exact.
     """
 
     segments: list[Segment] = field(default_factory=list)
@@ -169,14 +170,30 @@ class DocumentCodec:
 
     # ---- encode --------------------------------------------------------------------------
     def encode(self, doc: Document, *, bos: bool = True, eos: bool = True) -> list[int]:
-        """Document -> global ids; raises `InvalidSegment` naming the segment index."""
+        """Document -> global ids; raises `InvalidSegment` naming the segment index.
+
+        Adjacent text segments are encoded as one text (as `decode` will return them).
+        """
         ids = [self._sp["<bos>"]] if bos else []
-        for i, seg in enumerate(doc):
-            try:
-                ids += self._encode_segment(seg)
-            except (VocabError, PatternError) as e:
-                raise InvalidSegment(f"segment {i} ({type(seg).__name__}): {e}") from None
+        text: list[tuple[int, str]] = []  # (index, text) of adjacent text segments
+        for i, seg in enumerate([*doc, None]):
+            if isinstance(seg, TextSegment) and isinstance(seg.text, str):
+                text.append((i, seg.text))
+                continue
+            if text:
+                ids += self._checked(text[0][0], TextSegment, self._encode_text,
+                                     "".join(t for _, t in text))
+                text = []
+            if seg is not None:
+                ids += self._checked(i, type(seg), self._encode_segment, seg)
         return ids + [self._sp["<eos>"]] if eos else ids
+
+    @staticmethod
+    def _checked(i: int, kind: type, fn, arg) -> list[int]:
+        try:
+            return fn(arg)
+        except (VocabError, PatternError) as e:
+            raise InvalidSegment(f"segment {i} ({kind.__name__}): {e}") from None
 
     def _encode_segment(self, seg: Segment) -> list[int]:
         if isinstance(seg, TextSegment):

@@ -425,3 +425,19 @@ def test_round_trip_edge_shapes(shape, frames):
     assert CODEC.decode(ids) == doc
     assert [m for m, _, _ in CODEC.segment_spans(ids)] == [
         Modality.IMAGE, Modality.AUDIO, Modality.IMAGE, Modality.TEXT]
+
+
+def test_round_trip_with_the_sentencepiece_tokenizer(text_tokenizer):
+    """Real BPE pieces: adjacent text segments, text after images/audio, odd whitespace."""
+    vocab = Vocab(text_size=text_tokenizer.vocab_size, image_size=16,
+                  audio=AudioSpec(codebook_size=8, n_q=3, sample_rate=16000, frame_rate=50))
+    codec = DocumentCodec(vocab, text_tokenizer)
+    doc = Document([TextSegment("a red"), TextSegment(" circle"), TextSegment("on  a\nblue "),
+                    ImageSegment(torch.randint(0, 16, (3, 5))), TextSegment(" says hello"),
+                    AudioSegment(torch.randint(0, 8, (3, 7))), SpecialSegment("<uncond>"),
+                    TextSegment("Ωmega ▁ end")])
+    ids = codec.encode(doc)
+    assert codec.decode(ids) == doc.normalized()
+    assert codec.decode(torch.tensor(ids)) == doc.normalized()
+    merged = codec.encode(Document([TextSegment("a red circle")]))
+    assert codec.encode(Document([TextSegment("a red"), TextSegment(" circle")])) == merged
