@@ -15,7 +15,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from omnitok import OmnitokError, atomic_dir
+from omnitok import OmnitokError, atomic_dir, read_json_object
 from omnitok.model.config import ConfigError, ModelArgs
 from omnitok.model.transformer import Transformer
 from omnitok.tokenizers.text import TextTokenizer
@@ -69,13 +69,8 @@ def read_config(folder: str | os.PathLike) -> ModelArgs:
     path = Path(folder) / CONFIG
     if not Path(folder).is_dir():
         raise CheckpointError(f"{folder}: no such checkpoint folder")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{folder}: not an omnitok checkpoint (no {CONFIG})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
+    config = read_json_object(path, CheckpointError, "missing: not an omnitok checkpoint")
+    if config.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an omnitok checkpoint config")
     if config.get("version") != VERSION:
         raise CheckpointError(f"{path}: unsupported checkpoint version {config.get('version')}")

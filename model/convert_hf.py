@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from omnitok import OmnitokError
+from omnitok import OmnitokError, read_json_object
 from omnitok.model.checkpoint import model_from_state
 from omnitok.model.config import ModelArgs, RopeScaling
 from omnitok.model.transformer import Transformer
@@ -30,12 +30,8 @@ class ConvertError(OmnitokError):
 
 
 def read_hf_config(src: Path) -> dict:
-    try:
-        cfg = json.loads((src / "config.json").read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConvertError(f"{src}: no config.json (not a Hugging Face model folder)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConvertError(f"{src / 'config.json'}: not valid JSON ({e})") from None
+    cfg = read_json_object(src / "config.json", ConvertError,
+                           "missing: not a Hugging Face model folder")
     if cfg.get("model_type") not in SUPPORTED:
         raise ConvertError(f"{src}: model_type {cfg.get('model_type')!r} is not a Llama-"
                            f"architecture model ({', '.join(sorted(SUPPORTED))})")

@@ -126,7 +126,7 @@ def test_convert_hf(capsys, tmp_path, text_tokenizer):
     code, out, _ = run(capsys, "model", "info", tmp_path / "ck")
     assert code == 0 and "audio       2 levels" in out
     one_line_error(*run(capsys, "convert", "hf", tmp_path / "tok", tmp_path / "ck2")[::2],
-                   "no config.json")
+                   "config.json: missing")
 
 
 def test_demo_runs(capsys, tmp_path):

@@ -257,7 +257,8 @@ def _read_corpus(
         TextColumn("{task.completed:,} sentences"),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=console, transient=True, disable=console is None) as bar:
+    quiet = console is None or not console.is_terminal
+    with Progress(*columns, console=console, transient=True, disable=quiet) as bar:
         task = bar.add_task("reading", total=None)
 
         def add(text: str) -> None:

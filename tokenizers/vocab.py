@@ -23,11 +23,10 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from enum import Enum
-from pathlib import Path
 
 import torch
 
-from omnitok import OmnitokError, atomic_write_text
+from omnitok import OmnitokError, atomic_write_text, read_json_object
 
 FORMAT = "omnitok-vocab"
 VERSION = 1
@@ -249,16 +248,7 @@ class Vocab:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Vocab:
-        path = Path(path)
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise VocabError(f"{path}: no such vocabulary file") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise VocabError(f"{path}: not valid JSON ({e})") from None
-        if not isinstance(d, dict):
-            raise VocabError(f"{path}: expected a JSON object")
-        return cls.from_dict(d)
+        return cls.from_dict(read_json_object(path, VocabError, "no such vocabulary file"))
 
     def describe(self) -> str:
         """A human-readable table of the layout."""

@@ -73,7 +73,7 @@ def test_missing_pieces(tmp_path, text_tokenizer):
     with pytest.raises(CheckpointError, match="no such checkpoint folder"):
         load_checkpoint(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(CheckpointError, match="no config.json"):
+    with pytest.raises(CheckpointError, match="config.json: missing"):
         load_checkpoint(tmp_path / "empty")
     model, vocab = make(text_tokenizer)
     save_checkpoint(tmp_path / "ck", model, vocab)

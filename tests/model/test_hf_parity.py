@@ -82,7 +82,7 @@ def test_unsupported_models_are_refused(tmp_path):
     with pytest.raises(ConvertError, match="not a Llama-architecture"):
         convert_hf(tmp_path)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ConvertError, match="no config.json"):
+    with pytest.raises(ConvertError, match="config.json: missing"):
         convert_hf(tmp_path / "empty")
     with pytest.raises(ConvertError, match="no such folder"):
         convert_hf(tmp_path / "nowhere")
