@@ -30,12 +30,21 @@ Leaf = tuple[str, str]  # ("module:function", one-line summary)
 COMMANDS: dict = {
     "demo": ("omnitok.generate.demo:demo",
              "Run the built-in default end to end and print what it produced."),
+    "data": {
+        "_help": "Build data sets.",
+        "demo": ("omnitok.demo.commands:build_demo_data",
+                 "Build the shapes-and-speech world: images, captions, speech, manifests."),
+    },
     "tokenizer": {
         "_help": "Train and inspect tokenizers.",
         "train": {
             "_help": "Train a tokenizer on a corpus.",
             "text": ("omnitok.tokenizers.commands:train_text",
                      "Train the sentencepiece BPE text tokenizer."),
+            "image": ("omnitok.tokenizers.image_train:train_image_command",
+                      "Train the VQ image tokenizer."),
+            "audio": ("omnitok.tokenizers.audio_train:train_audio_command",
+                      "Train the RVQ audio codec."),
         },
     },
     "convert": {

@@ -20,7 +20,7 @@ from typing import Protocol
 import torch
 
 from omnitok import OmnitokError
-from omnitok.tokenizers.patterns import FlattenPattern, PatternError
+from omnitok.tokenizers.patterns import PatternError, RVQPattern, make_pattern
 from omnitok.tokenizers.vocab import Modality, Vocab, VocabError
 
 STRUCTURAL = ("<pad>", "<bos>", "<eos>", "<boi>", "<eoi>", "<boa>", "<eoa>")
@@ -156,12 +156,12 @@ class DocumentCodec:
     """Encodes `Document`s to id lists and decodes id streams back, checking the grammar."""
 
     def __init__(self, vocab: Vocab, text: TextLike | None = None,
-                 pattern: FlattenPattern | None = None) -> None:
+                 pattern: RVQPattern | None = None) -> None:
         if text is not None and text.vocab_size > vocab.text_size:
             raise VocabError(f"the text tokenizer has {text.vocab_size} ids but the "
                              f"vocabulary's text range holds {vocab.text_size}")
         if pattern is None and vocab.audio is not None:
-            pattern = FlattenPattern(vocab.audio.n_q)
+            pattern = make_pattern(vocab.audio.pattern, vocab.audio.n_q)
         if pattern is not None and (vocab.audio is None or pattern.n_q != vocab.audio.n_q):
             raise VocabError(f"pattern with {pattern.n_q} levels does not fit the "
                              f"vocabulary's audio spec {vocab.audio}")
@@ -377,7 +377,7 @@ class _Parser:
             raise UnexpectedToken(f"position {pos}: <boa> but the vocabulary has no audio")
         first, n_q = self.vocab.ranges.index(self.vocab.range("audio", 0)), self.pattern.n_q
         stop = self._run_end(pos + 1, Modality.AUDIO)
-        expected = self.pattern.level_at(torch.arange(stop - pos - 1))
+        expected = self.pattern.levels(stop - pos - 1)
         j = self._first(self.kind[pos + 1:stop] - first != expected, pos + 1)
         if j < stop:
             raise WrongModality(f"position {j}: expected an audio_{int(expected[j - pos - 1])} "

@@ -72,6 +72,7 @@ class AudioSpec:
     sample_rate: int
     frame_rate: float
     channels: int = 1
+    pattern: str = "flatten"  # how frames are serialized: "flatten" or "delay" (patterns.py)
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,8 @@ class Vocab:
             raise VocabError(f"special tokens missing from the vocabulary: {missing}")
         a = self.audio
         if a is not None and (a.codebook_size < 1 or a.n_q < 1 or a.sample_rate < 1
-                              or a.frame_rate <= 0 or a.channels < 1):
+                              or a.frame_rate <= 0 or a.channels < 1
+                              or a.pattern not in ("flatten", "delay")):
             raise VocabError(f"invalid audio spec {a}")
 
     # ---- sizes ---------------------------------------------------------------------------

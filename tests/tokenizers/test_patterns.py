@@ -4,7 +4,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from omnitok import OmnitokError
-from omnitok.tokenizers.patterns import FlattenPattern, PatternError
+from omnitok.tokenizers.document import AudioSegment, Document, DocumentCodec, DocumentError
+from omnitok.tokenizers.patterns import DelayPattern, FlattenPattern, PatternError, make_pattern
 from omnitok.tokenizers.vocab import AudioSpec, Vocab
 
 
@@ -128,3 +129,48 @@ def test_revert_errors_shape_dtype():
 def test_error_hierarchy_and_equality():
     assert issubclass(PatternError, OmnitokError) and issubclass(PatternError, ValueError)
     assert FlattenPattern(2) == FlattenPattern(2) != FlattenPattern(3)
+
+
+def delay_reference(codes: torch.Tensor, vocab: Vocab) -> list[int]:
+    """Step s holds level k of frame s - k, written as plain loops."""
+    k_, t_ = codes.shape
+    return [vocab.range("audio", k).start + int(codes[k, s - k])
+            for s in range(t_ + k_ - 1) for k in range(k_) if 0 <= s - k < t_]
+
+
+@settings(max_examples=150, deadline=None)
+@given(grids)
+def test_delay_round_trip_matches_loop_reference(grid):
+    n_q, t, codebook_size, text_size, seed = grid
+    vocab = make_vocab(n_q, codebook_size, text_size=text_size + 1)
+    pattern = DelayPattern(n_q)
+    codes = random_codes(n_q, t, codebook_size, seed)
+    ids = pattern.build(codes, vocab)
+    assert ids.tolist() == delay_reference(codes, vocab)
+    assert [vocab.locate(i).level for i in ids.tolist()] == pattern.levels(len(ids)).tolist()
+    assert torch.equal(pattern.revert(ids, vocab), codes)
+
+
+def test_delay_levels_lag_by_level():
+    # 3 levels, 4 frames: steps (0:k0) (1:k0,k1) (2:k0,k1,k2) (3:k0,k1,k2) (4:k1,k2) (5:k2)
+    assert DelayPattern(3).levels(12).tolist() == [0, 0, 1, 0, 1, 2, 0, 1, 2, 1, 2, 2]
+    _, frames = DelayPattern(3).order(4)
+    assert frames.tolist() == [0, 1, 0, 2, 1, 0, 3, 2, 1, 3, 2, 3]
+    assert DelayPattern(1).levels(5).tolist() == [0] * 5
+    assert make_pattern("delay", 2) == DelayPattern(2)
+    with pytest.raises(PatternError, match="unknown RVQ pattern"):
+        make_pattern("zigzag", 2)
+
+
+def test_documents_with_the_delay_pattern():
+    audio = AudioSpec(codebook_size=6, n_q=3, sample_rate=16000, frame_rate=50, pattern="delay")
+    vocab = Vocab(text_size=5, audio=audio)
+    codec = DocumentCodec(vocab)
+    assert isinstance(codec.pattern, DelayPattern)
+    doc = Document([AudioSegment(random_codes(3, 5, 6, 0)), AudioSegment(random_codes(3, 0, 6, 1))])
+    ids = codec.encode(doc)
+    assert codec.decode(ids) == doc
+    assert ids[2:17] == DelayPattern(3).build(doc[0].codes, vocab).tolist()
+    broken = ids[:4] + ids[5:]  # one id removed: levels shift inside the segment
+    with pytest.raises(DocumentError, match="position"):
+        codec.decode(broken)
