@@ -20,6 +20,7 @@ from omnitok.generate.engine import generate_tokens
 from omnitok.model.checkpoint import load_checkpoint, save_checkpoint
 from omnitok.model.config import ModelArgs
 from omnitok.model.transformer import Transformer
+from omnitok.tokenizers.bundle import TokenizerBundle
 from omnitok.tokenizers.text import TextTokenizer
 from omnitok.tokenizers.vocab import AudioSpec, Modality, Vocab
 
@@ -43,7 +44,7 @@ def build_default(workdir: Path, preset: str, seed: int) -> Path:
                   audio=AudioSpec(codebook_size=1024, n_q=4, sample_rate=16000, frame_rate=50))
     torch.manual_seed(seed)
     model = Transformer(ModelArgs.from_name(preset, vocab_size=vocab.padded_size))
-    return save_checkpoint(workdir / "checkpoint", model, vocab, text,
+    return save_checkpoint(workdir / "checkpoint", model, TokenizerBundle(vocab, text),
                            metadata={"init": preset, "seed": seed, "trained": False})
 
 

@@ -1,4 +1,5 @@
-"""Checkpoints: a folder with `model.safetensors`, `config.json`, `vocab.json` and tokenizer files.
+"""Checkpoints: a folder with `model.safetensors`, `config.json` and a tokenizer bundle
+(`vocab.json`, `text.model`, `image/`, `audio/`: see tokenizers/bundle.py).
 
 Writes are atomic (the folder is assembled beside its destination, then renamed into place).
 Loading checks every tensor against the config and names exactly what disagrees.
@@ -18,12 +19,13 @@ from safetensors.torch import save_file
 from omnitok import OmnitokError, atomic_dir, read_json_object
 from omnitok.model.config import ConfigError, ModelArgs
 from omnitok.model.transformer import Transformer
+from omnitok.tokenizers.bundle import VOCAB, TokenizerBundle
 from omnitok.tokenizers.text import TextTokenizer
 from omnitok.tokenizers.vocab import Vocab
 
 FORMAT = "omnitok-checkpoint"
 VERSION = 1
-WEIGHTS, CONFIG, VOCAB = "model.safetensors", "config.json", "vocab.json"
+WEIGHTS, CONFIG = "model.safetensors", "config.json"
 
 
 class CheckpointError(OmnitokError):
@@ -33,14 +35,22 @@ class CheckpointError(OmnitokError):
 @dataclass
 class Checkpoint:
     model: Transformer
-    vocab: Vocab
-    text: TextTokenizer | None
+    tokenizers: TokenizerBundle
     path: Path
 
+    @property
+    def vocab(self) -> Vocab:
+        return self.tokenizers.vocab
 
-def save_checkpoint(folder: str | os.PathLike, model: Transformer, vocab: Vocab,
-                    text: TextTokenizer | None = None, metadata: dict | None = None) -> Path:
+    @property
+    def text(self) -> TextTokenizer | None:
+        return self.tokenizers.text
+
+
+def save_checkpoint(folder: str | os.PathLike, model: Transformer, tokenizers: TokenizerBundle,
+                    metadata: dict | None = None) -> Path:
     """Write `folder` atomically; an existing checkpoint there is replaced only on success."""
+    vocab = tokenizers.vocab
     if model.args.vocab_size != vocab.padded_size:
         raise CheckpointError(f"model vocab_size {model.args.vocab_size} does not match the "
                               f"vocabulary's padded size {vocab.padded_size}")
@@ -51,9 +61,7 @@ def save_checkpoint(folder: str | os.PathLike, model: Transformer, vocab: Vocab,
                   "dtype": str(model.tok_embeddings.weight.dtype).removeprefix("torch."),
                   "metadata": metadata or {}}
         (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        vocab.save(tmp / VOCAB)
-        if text is not None:
-            text.save(tmp)
+        tokenizers.save(tmp)
     return folder
 
 
@@ -129,16 +137,14 @@ def load_checkpoint(folder: str | os.PathLike, *, device: torch.device | str = "
     """Load and validate a checkpoint folder; the model is returned in eval mode."""
     folder = Path(folder)
     args = read_config(folder)
-    vocab = Vocab.load(folder / VOCAB)
+    if not (folder / VOCAB).exists():
+        raise CheckpointError(f"{folder / VOCAB}: missing")
+    tokenizers = TokenizerBundle.load(folder)
+    vocab = tokenizers.vocab
     if vocab.padded_size != args.vocab_size:
         raise CheckpointError(f"{folder}: vocab.json has {vocab.padded_size} ids (padded) but "
                               f"config.json says vocab_size={args.vocab_size}")
     state = read_weights(folder / WEIGHTS)
     model = model_from_state(args, state, str(folder / WEIGHTS), attn_backend)
     model.to(device=device, dtype=dtype)
-    text_file = folder / TextTokenizer.FILENAME
-    text = TextTokenizer.load(text_file) if text_file.exists() else None
-    if text is not None and text.vocab_size > vocab.text_size:
-        raise CheckpointError(f"{folder}: the text tokenizer has {text.vocab_size} pieces but "
-                              f"the vocabulary's text range holds {vocab.text_size}")
-    return Checkpoint(model=model.eval(), vocab=vocab, text=text, path=folder)
+    return Checkpoint(model=model.eval(), tokenizers=tokenizers, path=folder)

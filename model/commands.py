@@ -12,6 +12,7 @@ from omnitok.model.checkpoint import load_checkpoint, save_checkpoint
 from omnitok.model.config import ModelArgs
 from omnitok.model.convert_hf import convert_hf
 from omnitok.model.transformer import Transformer
+from omnitok.tokenizers.bundle import TokenizerBundle
 from omnitok.tokenizers.text import TextTokenizer
 from omnitok.tokenizers.vocab import AudioSpec, Vocab
 
@@ -57,7 +58,8 @@ def convert_hf_command(src: Path, out: Path, *, tokenizer: Path | None = None,
                                     dtype=getattr(torch, dtype) if dtype else None)
     if text is None:
         print("note: no sentencepiece tokenizer found; the checkpoint has no text tokenizer")
-    save_checkpoint(out, model, vocab, text, metadata={"converted_from": str(src)})
+    save_checkpoint(out, model, TokenizerBundle(vocab, text),
+                    metadata={"converted_from": str(src)})
     print(f"{out}: {model.args.num_params() / 1e6:.1f}M parameters, {vocab.size} ids")
 
 
@@ -86,7 +88,8 @@ def init_model(*, preset: str, out: Path, tokenizer: Path, image_codebook: int =
     args = args.replace(vocab_size=vocab.padded_size, max_seq_len=max_seq_len or args.max_seq_len)
     torch.manual_seed(seed)
     model = Transformer(args)
-    save_checkpoint(out, model, vocab, text, metadata={"init": preset, "seed": seed})
+    save_checkpoint(out, model, TokenizerBundle(vocab, text),
+                    metadata={"init": preset, "seed": seed})
     print(f"{out}: {preset}, {args.num_params() / 1e6:.2f}M parameters, {vocab.size} ids")
 
 

@@ -11,6 +11,7 @@ from omnitok.model import checkpoint as ckpt_mod
 from omnitok.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from omnitok.model.config import ModelArgs
 from omnitok.model.transformer import Transformer
+from omnitok.tokenizers.bundle import TokenizerBundle
 from omnitok.tokenizers.vocab import AudioSpec, Vocab
 
 
@@ -24,7 +25,7 @@ def make(text_tokenizer, tie=False, dtype=torch.float32):
 @pytest.mark.parametrize("tie,dtype", [(False, torch.float32), (True, torch.bfloat16)])
 def test_round_trip(tmp_path, text_tokenizer, tie, dtype):
     model, vocab = make(text_tokenizer, tie, dtype)
-    save_checkpoint(tmp_path / "ck", model, vocab, text_tokenizer)
+    save_checkpoint(tmp_path / "ck", model, TokenizerBundle(vocab, text_tokenizer))
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == [
         "config.json", "model.safetensors", "text.model", "vocab.json"]
     loaded = load_checkpoint(tmp_path / "ck")
@@ -40,7 +41,7 @@ def test_round_trip(tmp_path, text_tokenizer, tie, dtype):
 
 def test_truncated_weights(tmp_path, text_tokenizer):
     model, vocab = make(text_tokenizer)
-    save_checkpoint(tmp_path / "ck", model, vocab)
+    save_checkpoint(tmp_path / "ck", model, TokenizerBundle(vocab))
     weights = tmp_path / "ck" / "model.safetensors"
     data = weights.read_bytes()
     for cut in (5, 100, len(data) // 2, len(data) - 1):
@@ -51,7 +52,7 @@ def test_truncated_weights(tmp_path, text_tokenizer):
 
 def test_config_that_disagrees_with_weights(tmp_path, text_tokenizer):
     model, vocab = make(text_tokenizer)
-    save_checkpoint(tmp_path / "ck", model, vocab)
+    save_checkpoint(tmp_path / "ck", model, TokenizerBundle(vocab))
     config_path = tmp_path / "ck" / "config.json"
     config = json.loads(config_path.read_text())
     config["model"]["n_kv_heads"] = 4
@@ -76,7 +77,7 @@ def test_missing_pieces(tmp_path, text_tokenizer):
     with pytest.raises(CheckpointError, match="config.json: missing"):
         load_checkpoint(tmp_path / "empty")
     model, vocab = make(text_tokenizer)
-    save_checkpoint(tmp_path / "ck", model, vocab)
+    save_checkpoint(tmp_path / "ck", model, TokenizerBundle(vocab))
     (tmp_path / "ck" / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="model.safetensors: missing"):
         load_checkpoint(tmp_path / "ck")
@@ -84,7 +85,7 @@ def test_missing_pieces(tmp_path, text_tokenizer):
 
 def test_failed_save_keeps_the_previous_checkpoint(tmp_path, text_tokenizer, monkeypatch):
     model, vocab = make(text_tokenizer)
-    save_checkpoint(tmp_path / "ck", model, vocab, text_tokenizer)
+    save_checkpoint(tmp_path / "ck", model, TokenizerBundle(vocab, text_tokenizer))
     before = {p.name: p.read_bytes() for p in (tmp_path / "ck").iterdir()}
 
     def boom(*args, **kwargs):
@@ -94,7 +95,7 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, text_tokenizer, mon
     with torch.no_grad():
         model.norm.weight.add_(1.0)
     with pytest.raises(OSError, match="disk full"):
-        save_checkpoint(tmp_path / "ck", model, vocab, text_tokenizer)
+        save_checkpoint(tmp_path / "ck", model, TokenizerBundle(vocab, text_tokenizer))
     after = {p.name: p.read_bytes() for p in (tmp_path / "ck").iterdir()}
     assert after == before
     assert [p.name for p in tmp_path.iterdir()] == ["ck"]  # no temporary folder left behind

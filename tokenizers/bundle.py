@@ -1,0 +1,118 @@
+"""A tokenizer bundle: the text, image and audio tokenizers of a folder and their vocabulary.
+
+Folder layout (every part optional except where noted):
+
+    vocab.json      the unified vocabulary (built from the tokenizers when absent)
+    text.model      sentencepiece text tokenizer (required to build a vocabulary)
+    image/          VQ image tokenizer (config.json + model.safetensors)
+    audio/          RVQ audio codec (config.json + model.safetensors)
+
+A checkpoint folder is a bundle plus the model's weights and config.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from omnitok import OmnitokError
+from omnitok.tokenizers.document import DocumentCodec
+from omnitok.tokenizers.text import TextTokenizer
+from omnitok.tokenizers.vocab import Vocab
+
+if TYPE_CHECKING:
+    from omnitok.tokenizers.audio import AudioTokenizer
+    from omnitok.tokenizers.image import ImageTokenizer
+
+VOCAB, IMAGE, AUDIO = "vocab.json", "image", "audio"
+
+
+class BundleError(OmnitokError):
+    """Tokenizers that are missing or do not agree with their vocabulary."""
+
+
+@dataclass
+class TokenizerBundle:
+    vocab: Vocab
+    text: TextTokenizer | None = None
+    image: ImageTokenizer | None = None
+    audio: AudioTokenizer | None = None
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    @classmethod
+    def build(cls, text: TextTokenizer, image: ImageTokenizer | None = None,
+              audio: AudioTokenizer | None = None, **vocab_options) -> TokenizerBundle:
+        """A bundle whose vocabulary is sized from the tokenizers given."""
+        if image is not None:
+            side = max(image.config.image_size // image.config.downsample, 1)
+            vocab_options.setdefault("max_grid", max(64, side))
+        vocab = Vocab(text_size=text.vocab_size,
+                      image_size=image.config.codebook_size if image is not None else 0,
+                      audio=audio.spec() if audio is not None else None, **vocab_options)
+        return cls(vocab, text, image, audio)
+
+    def check(self) -> None:
+        """Raise BundleError where a tokenizer does not fit the vocabulary's ranges."""
+        v = self.vocab
+        if self.text is not None and self.text.vocab_size > v.text_size:
+            raise BundleError(f"the text tokenizer has {self.text.vocab_size} pieces but the "
+                              f"vocabulary's text range holds {v.text_size}")
+        if self.image is not None and self.image.config.codebook_size != v.image_size:
+            raise BundleError(f"the image tokenizer has {self.image.config.codebook_size} codes "
+                              f"but the vocabulary's image range holds {v.image_size}")
+        if self.audio is not None and self.audio.spec() != v.audio:
+            raise BundleError(f"the audio codec ({self.audio.spec()}) does not match the "
+                              f"vocabulary's audio ({v.audio})")
+
+    def codec(self) -> DocumentCodec:
+        """Documents <-> ids with these tokenizers."""
+        return DocumentCodec(self.vocab, self.text)
+
+    # ---- persistence ---------------------------------------------------------------------
+    def save(self, folder: str | os.PathLike) -> None:
+        """Write vocab.json and every tokenizer present into `folder` (which must exist)."""
+        folder = Path(folder)
+        self.vocab.save(folder / VOCAB)
+        if self.text is not None:
+            self.text.save(folder)
+        if self.image is not None:
+            self.image.save(folder / IMAGE)
+        if self.audio is not None:
+            self.audio.save(folder / AUDIO)
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> TokenizerBundle:
+        """The tokenizers in `folder`; its vocab.json, or one built from them."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise BundleError(f"{folder}: no such tokenizer folder")
+        text_file = folder / TextTokenizer.FILENAME
+        text = TextTokenizer.load(text_file) if text_file.exists() else None
+        image = _load_image(folder / IMAGE)
+        audio = _load_audio(folder / AUDIO)
+        if (folder / VOCAB).exists():
+            return cls(Vocab.load(folder / VOCAB), text, image, audio)
+        if text is None:
+            raise BundleError(f"{folder}: no vocab.json and no {TextTokenizer.FILENAME} to "
+                              "build one from")
+        return cls.build(text, image, audio)
+
+
+def _load_image(folder: Path) -> ImageTokenizer | None:
+    if not folder.is_dir():
+        return None
+    from omnitok.tokenizers.image import ImageTokenizer
+
+    return ImageTokenizer.load(folder)
+
+
+def _load_audio(folder: Path) -> AudioTokenizer | None:
+    if not folder.is_dir():
+        return None
+    from omnitok.tokenizers.audio import AudioTokenizer
+
+    return AudioTokenizer.load(folder)
