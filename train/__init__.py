@@ -1,0 +1,1 @@
+"""Training: corpus manifests, pre-tokenization, packing, the Lightning module."""
