@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from omnitok import OmnitokError, atomic_dir, read_json_object
@@ -22,10 +21,10 @@ from omnitok.model.transformer import Transformer
 from omnitok.tokenizers.bundle import VOCAB, TokenizerBundle
 from omnitok.tokenizers.text import TextTokenizer
 from omnitok.tokenizers.vocab import Vocab
+from omnitok.tokenizers.weights import CONFIG, WEIGHTS, check_state, read_safetensors
 
 FORMAT = "omnitok-checkpoint"
 VERSION = 1
-WEIGHTS, CONFIG = "model.safetensors", "config.json"
 
 
 class CheckpointError(OmnitokError):
@@ -88,35 +87,10 @@ def read_config(folder: str | os.PathLike) -> ModelArgs:
         raise CheckpointError(f"{path}: {e}") from None
 
 
-def read_weights(path: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a safetensors file; a truncated or corrupt file raises CheckpointError."""
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing")
-    try:
-        with safe_open(path, framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
-        raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({e})") from None
-
-
 def check_weights(state: dict[str, torch.Tensor], model: Transformer, source: str) -> None:
     """Raise CheckpointError listing missing, unexpected and mis-shaped tensors."""
-    expected = {k: tuple(v.shape) for k, v in weights_to_save(model).items()}
-    problems = [f"{k}: {tuple(state[k].shape)} in the weights, {shape} from config.json"
-                for k, shape in expected.items() if k in state and tuple(state[k].shape) != shape]
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing:
-        problems.append(f"missing tensors: {_some(missing)}")
-    if unexpected:
-        problems.append(f"unexpected tensors: {_some(unexpected)}")
-    if problems:
-        raise CheckpointError(f"config.json disagrees with {source}: {_some(problems, 3)}")
-
-
-def _some(items: list[str], n: int = 4) -> str:
-    more = f" (and {len(items) - n} more)" if len(items) > n else ""
-    return "; ".join(items[:n]) + more
+    expected = {k: v.shape for k, v in weights_to_save(model).items()}
+    check_state(state, expected, source, CheckpointError)
 
 
 def model_from_state(args: ModelArgs, state: dict[str, torch.Tensor], source: str,
@@ -144,7 +118,7 @@ def load_checkpoint(folder: str | os.PathLike, *, device: torch.device | str = "
     if vocab.padded_size != args.vocab_size:
         raise CheckpointError(f"{folder}: vocab.json has {vocab.padded_size} ids (padded) but "
                               f"config.json says vocab_size={args.vocab_size}")
-    state = read_weights(folder / WEIGHTS)
+    state = read_safetensors(folder / WEIGHTS, CheckpointError)
     model = model_from_state(args, state, str(folder / WEIGHTS), attn_backend)
     model.to(device=device, dtype=dtype)
     return Checkpoint(model=model.eval(), tokenizers=tokenizers, path=folder)
