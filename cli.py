@@ -26,7 +26,7 @@ from pathlib import Path
 
 from omnitok import OmnitokError, __version__
 
-Leaf = tuple[str, str]  # ("module:function", one-line summary)
+SHORT = {"output": "-o"}  # short aliases of common flags
 COMMANDS: dict = {
     "demo": ("omnitok.generate.demo:demo",
              "Run the built-in default end to end and print what it produced."),
@@ -46,6 +46,12 @@ COMMANDS: dict = {
             "audio": ("omnitok.tokenizers.audio_train:train_audio_command",
                       "Train the RVQ audio codec."),
         },
+        "encode": ("omnitok.tokenizers.commands:encode",
+                   "Encode an image or audio file to codes."),
+        "decode": ("omnitok.tokenizers.commands:decode",
+                   "Decode codes (.npy) back to a PNG or WAV."),
+        "roundtrip": ("omnitok.tokenizers.commands:roundtrip",
+                      "Encode then decode a file: see or hear what the tokenizer keeps."),
     },
     "convert": {
         "_help": "Import weights from other formats.",
@@ -131,7 +137,7 @@ def _add_param(parser: argparse.ArgumentParser, p: inspect.Parameter, hint, help
     if positional:
         parser.add_argument(p.name, type=origin, **kwargs)
         return
-    flag = "--" + p.name.replace("_", "-")
+    flags = ["--" + p.name.replace("_", "-")] + ([SHORT[p.name]] if p.name in SHORT else [])
     if origin is bool:
         kwargs["action"] = argparse.BooleanOptionalAction
     else:
@@ -143,7 +149,7 @@ def _add_param(parser: argparse.ArgumentParser, p: inspect.Parameter, hint, help
         kwargs["default"] = p.default
         if p.default is not None and origin is not bool:
             kwargs["help"] += " (default: %(default)s)"
-    parser.add_argument(flag, dest=p.name, **kwargs)
+    parser.add_argument(*flags, dest=p.name, **kwargs)
 
 
 def _unwrap(hint):

@@ -17,8 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from omnitok import OmnitokError
-from omnitok.tokenizers.document import DocumentCodec
+import torch
+
+from omnitok import OmnitokError, atomic_write_text
+from omnitok.tokenizers.document import (
+    AudioSegment,
+    Document,
+    DocumentCodec,
+    ImageSegment,
+    Segment,
+    TextSegment,
+)
 from omnitok.tokenizers.text import TextTokenizer
 from omnitok.tokenizers.vocab import Vocab
 
@@ -27,6 +36,8 @@ if TYPE_CHECKING:
     from omnitok.tokenizers.image import ImageTokenizer
 
 VOCAB, IMAGE, AUDIO = "vocab.json", "image", "audio"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff")
 
 
 class BundleError(OmnitokError):
@@ -72,6 +83,73 @@ class TokenizerBundle:
         """Documents <-> ids with these tokenizers."""
         return DocumentCodec(self.vocab, self.text)
 
+    # ---- media files ---------------------------------------------------------------------
+    def encode_file(self, path: Path) -> tuple[str, torch.Tensor]:
+        """(kind, local codes) of a media file: image (h, w) or audio (K, F)."""
+        kind = media_kind(path)
+        if kind == "image":
+            from omnitok.tokenizers.image import load_image
+
+            image_tok = self._need("image", path)
+            image = load_image(path, image_tok.config.image_size)
+            return kind, image_tok.encode(image[None])[0]
+        from omnitok.tokenizers.audio import load_audio
+
+        audio_tok = self._need("audio", path)
+        return kind, audio_tok.encode_long(load_audio(path, audio_tok.sample_rate,
+                                                      audio_tok.channels))
+
+    def decode_to_file(self, kind: str, codes: torch.Tensor, path: Path) -> None:
+        """Write image codes (h, w) as a PNG or audio codes (K, F) as a WAV, atomically."""
+        if media_kind(path) != kind:
+            raise BundleError(f"{path}: cannot write {kind} codes to a {path.suffix} file")
+        if kind == "image":
+            from omnitok.tokenizers.image import save_image
+
+            save_image(self._need("image", path).decode(codes[None])[0], path)
+            return
+        from omnitok.tokenizers.audio import save_audio
+
+        audio_tok = self._need("audio", path)
+        save_audio(audio_tok.decode(codes[None])[0], audio_tok.sample_rate, path)
+
+    def document(self, segments: list[tuple[str, str | Path]]) -> Document:
+        """A Document from (kind, text or media path) pairs, media encoded to codes."""
+        out: list[Segment] = []
+        for kind, value in segments:
+            if kind == "text":
+                out.append(TextSegment(str(value)))
+                continue
+            got, codes = self.encode_file(Path(value))
+            if got != kind:
+                raise BundleError(f"{value}: a {got} file given as {kind}")
+            out.append(ImageSegment(codes) if kind == "image" else AudioSegment(codes))
+        return Document(out)
+
+    def write_document(self, doc: Document, folder: Path, stem: str) -> list[Path]:
+        """Write each segment of `doc` as stem_<i>.txt / .png / .wav in `folder`; the paths."""
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for i, seg in enumerate(doc):
+            path = folder / f"{stem}_{i}"
+            if isinstance(seg, TextSegment):
+                path = path.with_suffix(".txt")
+                atomic_write_text(path, seg.text + "\n")
+            elif isinstance(seg, (ImageSegment, AudioSegment)):
+                kind = "image" if isinstance(seg, ImageSegment) else "audio"
+                path = path.with_suffix(".png" if kind == "image" else ".wav")
+                self.decode_to_file(kind, seg.codes, path)
+            else:
+                continue
+            paths.append(path)
+        return paths
+
+    def _need(self, kind: str, path: Path):
+        tokenizer = getattr(self, kind)
+        if tokenizer is None:
+            raise BundleError(f"{path}: this tokenizer folder has no {kind} tokenizer")
+        return tokenizer
+
     # ---- persistence ---------------------------------------------------------------------
     def save(self, folder: str | os.PathLike) -> None:
         """Write vocab.json and every tokenizer present into `folder` (which must exist)."""
@@ -100,6 +178,17 @@ class TokenizerBundle:
             raise BundleError(f"{folder}: no vocab.json and no {TextTokenizer.FILENAME} to "
                               "build one from")
         return cls.build(text, image, audio)
+
+
+def media_kind(path: Path) -> str:
+    """"image" or "audio" from a file name; anything else is an error."""
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        return "image"
+    if suffix in AUDIO_SUFFIXES:
+        return "audio"
+    raise BundleError(f"{path}: unknown media type {suffix!r} (images: "
+                      f"{' '.join(IMAGE_SUFFIXES)}; audio: {' '.join(AUDIO_SUFFIXES)})")
 
 
 def _load_image(folder: Path) -> ImageTokenizer | None:
