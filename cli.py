@@ -34,6 +34,8 @@ COMMANDS: dict = {
         "_help": "Build data sets.",
         "demo": ("omnitok.demo.commands:build_demo_data",
                  "Build the shapes-and-speech world: images, captions, speech, manifests."),
+        "judge": ("omnitok.demo.commands:judge_demo_data",
+                  "Score the independent judges on a demo manifest's ground-truth media."),
     },
     "tokenizer": {
         "_help": "Train and inspect tokenizers.",
