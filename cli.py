@@ -60,6 +60,11 @@ COMMANDS: dict = {
         "hf": ("omnitok.model.commands:convert_hf_command",
                "Import a Hugging Face Llama-architecture model and expand its vocabulary."),
     },
+    "bench": {
+        "_help": "Measure throughput.",
+        "kernels": ("omnitok.kernels.bench:bench_kernels",
+                    "Time the attention backends (TFLOP/s); on CPU only correctness applies."),
+    },
     "model": {
         "_help": "Create and inspect checkpoints.",
         "init": ("omnitok.model.commands:init_model",

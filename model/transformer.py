@@ -1,8 +1,8 @@
 """Decoder-only transformer: RMSNorm, RoPE, grouped-query attention, SwiGLU, static KV cache.
 
 Weights follow the Llama architecture (so Hugging Face Llama checkpoints import exactly), with
-fused projections (`wqkv`, `w13`) and optional per-head QK-norm. Attention goes through
-`omnitok.kernels.attention`, which picks the backend.
+fused projections (`wqkv`, `w13`) and optional per-head QK-norm. Attention, RMSNorm and RoPE go
+through `omnitok.kernels`, which runs them on the model's backend (`attn_backend`).
 """
 
 from __future__ import annotations
@@ -24,10 +24,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
+    def forward(self, x: torch.Tensor, backend: str = "sdpa") -> torch.Tensor:
+        return kernels.rms_norm(x, self.weight, self.eps, backend=backend)
 
 
 def rope_inv_freq(args: ModelArgs) -> torch.Tensor:
@@ -57,13 +55,6 @@ def rope_cache(args: ModelArgs, device: torch.device | None = None) -> torch.Ten
     return torch.stack([emb.cos(), emb.sin()], dim=1).float().to(device)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: (B, H, T, D); cos, sin: (B, 1, T, D). Rotates the two halves of each head."""
-    x1, x2 = x.chunk(2, dim=-1)
-    rotated = torch.cat([-x2, x1], dim=-1)
-    return x * cos + rotated * sin
-
-
 class Attention(nn.Module):
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
@@ -84,10 +75,11 @@ class Attention(nn.Module):
         q = q.view(b, t, self.n_heads, self.head_dim)
         k = k.view(b, t, self.n_kv_heads, self.head_dim)
         if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
+            q, k = self.q_norm(q, backend), self.k_norm(k, backend)
         q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, T, hd)
         v = v.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q = kernels.apply_rope(q, cos, sin, backend=backend)
+        k = kernels.apply_rope(k, cos, sin, backend=backend)
         if self.kv_cache is not None and input_pos is not None:
             k, v = self.kv_cache.update(input_pos, k, v)
         y = kernels.attention(q, k, v, doc_ids=doc_ids, backend=backend,
@@ -117,8 +109,9 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 doc_ids: torch.Tensor | None, input_pos: torch.Tensor | None,
                 backend: str) -> torch.Tensor:
-        x = x + self.attention(self.attention_norm(x), cos, sin, doc_ids, input_pos, backend)
-        return x + self.feed_forward(self.ffn_norm(x))
+        x = x + self.attention(self.attention_norm(x, backend), cos, sin, doc_ids, input_pos,
+                               backend)
+        return x + self.feed_forward(self.ffn_norm(x, backend))
 
 
 class Transformer(nn.Module):
@@ -190,7 +183,7 @@ class Transformer(nn.Module):
         for layer in self.layers:
             x = layer(x, cos, sin, doc_ids, pos if input_pos is not None else None,
                       self.attn_backend)
-        return self.output(self.norm(x))
+        return self.output(self.norm(x, self.attn_backend))
 
     def _positions(self, b: int, t: int, input_pos: torch.Tensor | None,
                    doc_ids: torch.Tensor | None, device: torch.device) -> torch.Tensor:

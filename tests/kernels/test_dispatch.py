@@ -1,4 +1,5 @@
-"""`kernels.attention` (sdpa backend) against a float64 reference written with explicit loops."""
+"""`kernels.attention` on every local backend against a float64 reference written with explicit
+loops, and backend selection."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ import pytest
 import torch
 
 from omnitok import OmnitokError
-from omnitok.kernels import attention, resolve_backend
+from omnitok.kernels import attention, default_backend, describe_backend, resolve_backend
+
+# triton runs here under the interpreter (tests/kernels/conftest.py) or on a GPU
+LOCAL = ["sdpa", "triton"]
 
 
 def reference(q, k, v, allowed):
@@ -34,35 +38,65 @@ def max_err(a, ref):
     return float((a.double() - ref).abs().max())
 
 
+@pytest.mark.parametrize("backend", LOCAL)
 @pytest.mark.parametrize("h,hkv", [(4, 4), (4, 2), (8, 1)])
-def test_causal(h, hkv):
+def test_causal(h, hkv, backend):
     q, k, v = rand(2, h, hkv, 13, 13)
-    assert max_err(attention(q, k, v), reference(q, k, v, lambda b, i, j: j <= i)) < 1e-5
+    assert max_err(attention(q, k, v, backend=backend),
+                   reference(q, k, v, lambda b, i, j: j <= i)) < 1e-5
 
 
-def test_not_causal_and_bottom_right_causal():
+@pytest.mark.parametrize("backend", LOCAL)
+def test_not_causal_and_bottom_right_causal(backend):
     q, k, v = rand(1, 4, 2, 5, 11)
-    assert max_err(attention(q, k, v, causal=False),
+    assert max_err(attention(q, k, v, causal=False, backend=backend),
                    reference(q, k, v, lambda b, i, j: True)) < 1e-5
     # q_len != kv_len: the last query sees every key (flash-attn's convention)
-    assert max_err(attention(q, k, v), reference(q, k, v, lambda b, i, j: j <= i + 6)) < 1e-5
+    assert max_err(attention(q, k, v, backend=backend),
+                   reference(q, k, v, lambda b, i, j: j <= i + 6)) < 1e-5
+    # more queries than keys: the first ones see nothing and get zeros
+    q, k, v = rand(1, 4, 2, 11, 5)
+    assert max_err(attention(q, k, v, backend=backend),
+                   reference(q, k, v, lambda b, i, j: j <= i - 6).nan_to_num()) < 1e-5
 
 
-def test_documents():
+@pytest.mark.parametrize("backend", LOCAL)
+def test_documents(backend):
     doc = torch.tensor([[0, 0, 0, 1, 2, 2, 2, 2, 3], [0, 0, 0, 0, 0, 1, 1, 1, 1]])
     q, k, v = rand(2, 4, 2, 9, 9)
     ref = reference(q, k, v, lambda b, i, j: j <= i and doc[b, i] == doc[b, j])
-    assert max_err(attention(q, k, v, doc_ids=doc), ref) < 1e-5
+    assert max_err(attention(q, k, v, doc_ids=doc, backend=backend), ref) < 1e-5
 
 
-def test_cache_positions():
+@pytest.mark.parametrize("backend", LOCAL)
+def test_cache_positions(backend):
     q_pos = torch.tensor([[3, 4], [9, 10]])
     q, k, v = rand(2, 4, 2, 2, 12)
     ref = reference(q, k, v, lambda b, i, j: j <= q_pos[b, i])
-    assert max_err(attention(q, k, v, q_pos=q_pos), ref) < 1e-5
+    assert max_err(attention(q, k, v, q_pos=q_pos, backend=backend), ref) < 1e-5
 
 
-def test_backend_selection():
+def test_backend_selection(monkeypatch):
     assert resolve_backend(None) == "sdpa"
+    assert default_backend("cpu") == "sdpa"
+    assert default_backend("cuda") == "triton"  # no GPU needed to decide
+    assert resolve_backend(None, "cuda:0") == "triton"
     with pytest.raises(OmnitokError, match="unknown attention backend 'cuda'"):
         resolve_backend("cuda")
+    with pytest.raises(OmnitokError, match="'flash' needs a CUDA device"):
+        resolve_backend("flash", "cpu")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert resolve_backend("triton", "cpu") == "triton"
+    assert "interpreter" in describe_backend("triton", "cpu")
+    assert describe_backend(None, "cpu").startswith("attention: sdpa")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(OmnitokError, match="runs on CUDA, not cpu .*TRITON_INTERPRET=1"):
+        resolve_backend("triton", "cpu")
+    with pytest.raises(OmnitokError, match="runs on CUDA"):
+        attention(*rand(1, 2, 2, 3, 3), backend="triton")
+
+
+def test_triton_cached_attention_has_no_backward():
+    q, k, v = (x.requires_grad_() for x in rand(1, 2, 2, 1, 4))
+    with pytest.raises(OmnitokError, match="no backward"):
+        attention(q, k, v, q_pos=torch.tensor([[3]]), backend="triton")
