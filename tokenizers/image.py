@@ -17,7 +17,6 @@ Image file I/O (`load_image`, `save_image`, `ImageTokenizerError`) is defined in
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import asdict, dataclass, fields
@@ -25,17 +24,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from omnitok import atomic_dir, read_json_object
+from omnitok import read_json_object
 from omnitok.tokenizers.image_io import ImageTokenizerError, load_image, save_image
 from omnitok.tokenizers.image_vq import CosineQuantizer
+from omnitok.tokenizers.weights import CONFIG, load_module_state, save_module
 
 FORMAT = "omnitok-image-tokenizer"
 VERSION = 1
-WEIGHTS, CONFIG = "model.safetensors", "config.json"
 __all__ = ["ImageTokenizer", "ImageTokenizerConfig", "ImageTokenizerError", "code_stats",
            "load_image", "psnr", "save_image"]
 
@@ -285,13 +282,8 @@ class ImageTokenizer(nn.Module):
     # ---- persistence --------------------------------------------------------------------
     def save(self, folder: str | os.PathLike) -> Path:
         """Write folder/config.json + folder/model.safetensors atomically (replacing the folder)."""
-        folder = Path(folder)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        with atomic_dir(folder) as tmp:
-            save_file(state, tmp / WEIGHTS, metadata={"format": "pt"})
-            doc = {"format": FORMAT, "version": VERSION, "config": self.config.to_dict()}
-            (tmp / CONFIG).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-        return folder
+        doc = {"format": FORMAT, "version": VERSION, "config": self.config.to_dict()}
+        return save_module(folder, self, doc)
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> ImageTokenizer:
@@ -301,9 +293,7 @@ class ImageTokenizer(nn.Module):
             raise ImageTokenizerError(f"{folder}: no such image tokenizer folder")
         config = read_config(folder / CONFIG)
         model = cls(config)
-        state = read_weights(folder / WEIGHTS)
-        check_state(state, model, folder / WEIGHTS)
-        model.load_state_dict(state)
+        load_module_state(folder, model, ImageTokenizerError)
         return model.eval()
 
 
@@ -320,37 +310,6 @@ def read_config(path: Path) -> ImageTokenizerConfig:
         return ImageTokenizerConfig.from_dict(doc["config"])
     except ImageTokenizerError as e:
         raise ImageTokenizerError(f"{path}: {e}") from None
-
-
-def read_weights(path: Path) -> dict[str, Tensor]:
-    """All tensors of a safetensors file; a missing, truncated or corrupt file raises."""
-    if not path.is_file():
-        raise ImageTokenizerError(f"{path}: missing")
-    try:
-        with safe_open(path, framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
-        msg = " ".join(str(e).split())
-        raise ImageTokenizerError(f"{path}: corrupt or truncated safetensors file ({msg})") \
-            from None
-
-
-def check_state(state: dict[str, Tensor], model: nn.Module, source: Path) -> None:
-    """Raise ImageTokenizerError naming missing, unexpected and mis-shaped tensors."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    problems = [f"{k}: {tuple(state[k].shape)} in the weights, {shape} from config.json"
-                for k, shape in expected.items() if k in state and tuple(state[k].shape) != shape]
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    problems += [f"missing tensors: {_some(missing)}"] if missing else []
-    problems += [f"unexpected tensors: {_some(unexpected)}"] if unexpected else []
-    if problems:
-        raise ImageTokenizerError(f"config.json disagrees with {source}: {_some(problems, 3)}")
-
-
-def _some(items: list[str], n: int = 4) -> str:
-    more = f" (and {len(items) - n} more)" if len(items) > n else ""
-    return "; ".join(items[:n]) + more
 
 
 def code_stats(codes: Tensor, codebook_size: int) -> dict[str, float]:

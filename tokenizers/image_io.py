@@ -15,10 +15,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +24,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
 from omnitok import OmnitokError, atomic_path
+from omnitok.train.manifest import ManifestError, ManifestStats, media_files
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -114,83 +112,16 @@ def save_image(image: Tensor, path: str | os.PathLike) -> None:
 
 
 # ---- corpora --------------------------------------------------------------------------------
-@dataclass
-class ImageSources:
-    """The image files of a corpus (each once, in first-seen order) and what was skipped."""
+def find_images(sources: list[str | os.PathLike]) -> tuple[list[Path], ManifestStats]:
+    """Image files named by JSONL manifests, found in folders, or given directly (each once).
 
-    paths: list[Path] = field(default_factory=list)
-    bad_lines: int = 0  # JSONL lines that are not a document of segments
-    escaped: int = 0  # image paths that are absolute outside / escape the manifest's folder
-    bad_segments: int = 0  # "image" values that are not non-empty strings
-
-    def summary(self) -> str:
-        return (f"{len(self.paths):,} images; skipped {self.bad_lines} malformed lines, "
-                f"{self.escaped} paths escaping their manifest's folder, "
-                f"{self.bad_segments} bad image segments")
-
-
-def find_images(sources: list[str | os.PathLike]) -> ImageSources:
-    """Image paths from JSONL manifests, folders (searched recursively) or image files.
-
-    Manifest lines are documents `{"segments": [...]}` or bare lists of segments; an
-    `{"image": "rel/path.png"}` segment names a file relative to the manifest's folder, which
-    the path must not leave (checked lexically: `..` or an absolute path outside the folder is
-    refused and counted). Missing files are not checked here (decoding counts them).
+    Manifest paths are relative to the manifest's folder and may not leave it; bad lines are
+    skipped and counted in the returned stats (see omnitok.train.manifest).
     """
-    out, seen = ImageSources(), set()
-    for source in map(Path, sources):
-        if source.is_dir():
-            found = (p for p in sorted(source.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES)
-        elif source.suffix.lower() == ".jsonl":
-            found = _manifest_images(source, out)
-        elif source.is_file():
-            found = iter([source])
-        else:
-            raise ImageTokenizerError(f"{source}: no such file or folder")
-        for path in found:
-            if path not in seen:
-                seen.add(path)
-                out.paths.append(path)
-    return out
-
-
-def _manifest_images(manifest: Path, out: ImageSources) -> Iterator[Path]:
-    root = Path(os.path.normpath(manifest.parent.absolute()))
     try:
-        lines = manifest.read_bytes().splitlines()
-    except OSError as e:
-        raise ImageTokenizerError(f"{manifest}: cannot read ({e.strerror})") from None
-    for raw in lines:
-        segments = _segments(raw)
-        if segments is None:
-            out.bad_lines += 1
-            continue
-        for seg in segments:
-            if "image" not in seg:
-                continue
-            rel = seg["image"]
-            if not isinstance(rel, str) or not rel:
-                out.bad_segments += 1
-                continue
-            path = Path(os.path.normpath(root / rel))
-            if not path.is_relative_to(root):
-                out.escaped += 1
-                continue
-            yield path
-
-
-def _segments(raw: bytes) -> list[dict] | None:
-    """The segments of one JSONL line ([] for a blank line); None if it is malformed."""
-    if not raw.strip():
-        return []
-    try:
-        doc = json.loads(raw)
-    except (ValueError, RecursionError):
-        return None
-    segments = doc.get("segments") if isinstance(doc, dict) else doc
-    if not isinstance(segments, list) or not all(isinstance(s, dict) for s in segments):
-        return None
-    return segments
+        return media_files(list(sources), "image", IMAGE_SUFFIXES)
+    except ManifestError as e:
+        raise ImageTokenizerError(str(e)) from None
 
 
 def decode_images(paths: list[Path], size: int) -> tuple[Tensor, list[tuple[Path, str]]]:

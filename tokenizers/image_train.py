@@ -272,9 +272,9 @@ def train_image_command(*, data: list[Path], out: Path, size: int = 64, downsamp
     """
     console = Console(stderr=True)
     config = ImageTokenizerConfig(image_size=size, downsample=downsample, codebook_size=codebook)
-    sources = find_images(data)
-    images, failed = decode_images(sources.paths, size)
-    console.print(f"{sources.summary()}, {len(failed)} unreadable images"
+    paths, stats = find_images(data)
+    images, failed = decode_images(paths, size)
+    console.print(f"{len(paths):,} images from {stats.summary()}; {len(failed)} unreadable"
                   + (f" (first: {failed[0][1]})" if failed else ""), soft_wrap=True)
     if len(images) == 0:
         raise ImageTokenizerError(f"no readable images in {', '.join(map(str, data))}")

@@ -55,7 +55,7 @@ def _some(items: list[str], n: int = 4) -> str:
 def save_module(folder: str | os.PathLike, module: nn.Module, config: dict) -> Path:
     """Write folder/config.json + folder/model.safetensors atomically (the folder as a whole)."""
     folder = Path(folder)
-    state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     with atomic_dir(folder) as tmp:
         save_file(state, tmp / WEIGHTS, metadata={"format": "pt"})
         (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")

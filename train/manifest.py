@@ -132,13 +132,20 @@ def resolve_media(rel: str, root: Path, check_files: bool = True) -> Path:
 
 def media_files(sources: list[str | os.PathLike], kind: str,
                 suffixes: tuple[str, ...]) -> tuple[list[Path], ManifestStats]:
-    """Unique `kind` files named by manifests (*.jsonl) or found in folders, in order."""
+    """Unique `kind` files named by manifests, found in folders or given directly, in order.
+
+    Files named by manifests are not checked for existence here: whoever decodes them counts
+    the unreadable ones, so one missing file does not drop the rest of its document.
+    """
     stats, seen = ManifestStats(), {}
     for source in map(Path, sources):
         if source.is_dir():
             files = sorted(p for p in source.rglob("*") if p.suffix.lower() in suffixes)
+        elif source.is_file() and source.suffix.lower() in suffixes:
+            files = [source]
         elif source.is_file():
-            files = [p for d in iter_manifest(source, stats) for p in d.media(kind)]
+            files = [p for d in iter_manifest(source, stats, check_files=False)
+                     for p in d.media(kind)]
         else:
             raise ManifestError(f"{source}: no such manifest or folder")
         seen.update(dict.fromkeys(files))

@@ -350,15 +350,17 @@ def _corpus(tmp_path):
 
 def test_manifest_paths_may_not_escape_and_bad_lines_are_counted(tmp_path):
     root = _corpus(tmp_path)
-    found = find_images([root / "m.jsonl"])
-    names = [p.relative_to(root).as_posix() for p in found.paths]
-    assert names == ["images/0.png", "images/1.png", "images/missing.png", "images/2.png"]
-    assert (found.escaped, found.bad_lines, found.bad_segments) == (2, 2, 1)
-    images, failed = decode_images(found.paths, 16)
+    paths, stats = find_images([root / "m.jsonl"])
+    names = [p.relative_to(root.resolve()).as_posix() for p in paths]
+    assert names == ["images/0.png", "images/1.png", "images/2.png"]
+    assert stats.skipped == {"path escapes the manifest folder": 1, "bad path": 1,
+                             "bad segment": 1, "bad JSON": 1, "no segments": 1}
+    images, failed = decode_images(paths + [root / "images" / "missing.png"], 16)
     assert images.shape == (3, 3, 16, 16) and images.dtype == torch.uint8
     assert [p.name for p, _ in failed] == ["missing.png"]
     assert torch.equal(images[0], squares(3)[0])
-    assert len(find_images([root / "images"]).paths) == 3  # a folder of images
+    assert len(find_images([root / "images"])[0]) == 3  # a folder of images
+    assert len(find_images([root / "images" / "0.png"])[0]) == 1  # an image file
 
 
 def test_train_image_command_end_to_end(tmp_path, capsys):
@@ -369,7 +371,7 @@ def test_train_image_command_end_to_end(tmp_path, capsys):
                str(tmp_path / "tok"), "--size", "16", "--codebook", "16", "--steps", "2",
                "--batch-size", "2", "--threads", "1"])
     out, err = capsys.readouterr()
-    assert rc == 0 and "PSNR" in out and "2 paths escaping" in err and "1 unreadable" in err
+    assert rc == 0 and "PSNR" in out and "5 skipped" in err and "0 unreadable" in err
     model = ImageTokenizer.load(tmp_path / "tok")
     assert model.config.image_size == 16 and model.config.codebook_size == 16
     assert "Args:" in train_image_command.__doc__
