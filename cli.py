@@ -54,6 +54,8 @@ COMMANDS: dict = {
                    "Decode codes (.npy) back to a PNG or WAV."),
         "roundtrip": ("omnitok.tokenizers.commands:roundtrip",
                       "Encode then decode a file: see or hear what the tokenizer keeps."),
+        "eval": ("omnitok.tokenizers.evaluate:evaluate",
+                 "Reconstruction quality, code usage and speed on held-out data (+ judges)."),
     },
     "convert": {
         "_help": "Import weights from other formats.",
