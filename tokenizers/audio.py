@@ -10,18 +10,15 @@ are zero-padded on encode; `decode(codes, length)` trims back. Saved as a folder
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import nn
 
-from omnitok import atomic_dir, read_json_object
+from omnitok import read_json_object
 from omnitok.tokenizers.audio_codecs import (
     AudioTokenizerConfig,
     build_codec,
@@ -31,13 +28,13 @@ from omnitok.tokenizers.audio_codecs import (
 )
 from omnitok.tokenizers.audio_io import AudioTokenizerError, load_audio, save_audio
 from omnitok.tokenizers.vocab import AudioSpec
+from omnitok.tokenizers.weights import CONFIG, WEIGHTS, check_state, read_safetensors, save_module
 
 __all__ = ["AudioTokenizer", "AudioTokenizerConfig", "AudioTokenizerError", "load_audio",
            "save_audio"]
 
 FORMAT = "omnitok-audio-tokenizer"
 VERSION = 1
-CONFIG, WEIGHTS = "config.json", "model.safetensors"
 PRETRAINED_24KHZ = "encodec_24khz-*.th"
 
 
@@ -201,14 +198,9 @@ class AudioTokenizer(nn.Module):
     # ---- persistence --------------------------------------------------------------------------
     def save(self, folder: str | os.PathLike, metadata: dict | None = None) -> Path:
         """Write `folder`/config.json and `folder`/model.safetensors atomically."""
-        folder = Path(folder)
-        state = {k: v.detach().contiguous() for k, v in self.codec.state_dict().items()}
-        with atomic_dir(folder) as tmp:
-            save_file(state, tmp / WEIGHTS, metadata={"format": "pt"})
-            config = {"format": FORMAT, "version": VERSION, "config": self.config.to_dict(),
-                      "metadata": metadata or {}}
-            (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        return folder
+        config = {"format": FORMAT, "version": VERSION, "config": self.config.to_dict(),
+                  "metadata": metadata or {}}
+        return save_module(folder, self.codec, config)
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> AudioTokenizer:
@@ -222,21 +214,14 @@ class AudioTokenizer(nn.Module):
             raise AudioTokenizerError(f"{folder / CONFIG}: not an omnitok audio tokenizer config "
                                       f"(format {d.get('format')!r}, version {d.get('version')!r})")
         tok = cls(AudioTokenizerConfig.from_dict(d.get("config") or {}))
-        tok.load_weights(_read_safetensors(folder / WEIGHTS), str(folder / WEIGHTS))
+        tok.load_weights(read_safetensors(folder / WEIGHTS, AudioTokenizerError),
+                         str(folder / WEIGHTS))
         return tok.eval()
 
     def load_weights(self, state: dict[str, torch.Tensor], source: str) -> None:
         """Copy `state` into the codec after checking every name and shape against the config."""
-        expected = {k: tuple(v.shape) for k, v in self.codec.state_dict().items()}
-        problems = [f"{k}: {tuple(state[k].shape)} in the weights, {s} from the config"
-                    for k, s in expected.items() if k in state and tuple(state[k].shape) != s]
-        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-        if missing:
-            problems.append(f"missing tensors: {_some(missing)}")
-        if unexpected:
-            problems.append(f"unexpected tensors: {_some(unexpected)}")
-        if problems:
-            raise AudioTokenizerError(f"{source} disagrees with the config: {_some(problems, 3)}")
+        expected = {k: v.shape for k, v in self.codec.state_dict().items()}
+        check_state(state, expected, source, AudioTokenizerError)
         self.codec.load_state_dict(state)
 
     @classmethod
@@ -281,18 +266,3 @@ def _hub_checkpoint() -> Path:
     folder = Path(torch.hub.get_dir()) / "checkpoints"
     found = sorted(folder.glob(PRETRAINED_24KHZ))
     return found[-1] if found else folder / PRETRAINED_24KHZ
-
-
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise AudioTokenizerError(f"{path}: missing")
-    try:
-        with safe_open(path, framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
-        raise AudioTokenizerError(f"{path}: corrupt or truncated safetensors file ({e})") from None
-
-
-def _some(items: list[str], n: int = 4) -> str:
-    more = f" (and {len(items) - n} more)" if len(items) > n else ""
-    return "; ".join(items[:n]) + more

@@ -227,8 +227,8 @@ def test_save_load_identical_codes_and_shape_errors(trained, tmp_path):
     (tmp_path / "tok" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(AudioTokenizerError) as e:
         AudioTokenizer.load(tmp_path / "tok")
-    one_line(e, "model.safetensors disagrees with the config",
-             "(8,) in the weights, (12,) from the config")
+    one_line(e, "config.json disagrees with", "model.safetensors",
+             "(8,) in the weights, (12,) from config.json")
     with pytest.raises(AudioTokenizerError) as e:
         AudioTokenizer.load(tmp_path / "nothing")
     one_line(e, "nothing")
