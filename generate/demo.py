@@ -12,11 +12,13 @@ from __future__ import annotations
 import itertools
 import time
 from pathlib import Path
+from typing import Literal
 
 import torch
 
 from omnitok import OmnitokError
 from omnitok.generate.engine import generate_tokens
+from omnitok.kernels import describe_backend, resolve_backend
 from omnitok.model.checkpoint import load_checkpoint, save_checkpoint
 from omnitok.model.config import ModelArgs
 from omnitok.model.transformer import Transformer
@@ -49,7 +51,8 @@ def build_default(workdir: Path, preset: str, seed: int) -> Path:
 
 
 def demo(*, out: Path = Path("out/demo"), prompt: str = "a red circle on a",
-         new_tokens: int = 24, preset: str = "debug", seed: int = 0) -> None:
+         new_tokens: int = 24, preset: str = "debug", seed: int = 0,
+         attn: Literal["sdpa", "triton", "flash"] | None = None) -> None:
     """Build the built-in default, check it round-trips, run a forward pass, generate text.
 
     Args:
@@ -58,13 +61,16 @@ def demo(*, out: Path = Path("out/demo"), prompt: str = "a red circle on a",
         new_tokens: number of text tokens to generate.
         preset: model preset (debug, tiny, small, ...).
         seed: seed for the weights and for sampling.
+        attn: attention backend (default: triton on CUDA, sdpa on CPU; triton on CPU needs
+            TRITON_INTERPRET=1).
     """
     ModelArgs.from_name(preset)  # an unknown preset fails before any work
+    backend = resolve_backend(attn, "cpu")
     if not prompt.strip():
         raise OmnitokError("the prompt is empty")
     t0 = time.perf_counter()
     path = build_default(out, preset, seed)
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, attn_backend=backend)
     model, vocab, text = ckpt.model, ckpt.vocab, ckpt.text
     t_build = time.perf_counter() - t0
     ids = [vocab.special("<bos>")] + [vocab.to_global("text", i) for i in text.encode(prompt)]
@@ -84,6 +90,7 @@ def demo(*, out: Path = Path("out/demo"), prompt: str = "a red circle on a",
           f"vocabulary {vocab.size} ids (text {vocab.text_size}, image {vocab.image_size}, "
           f"audio {vocab.audio.n_q}x{vocab.audio.codebook_size})")
     print(f"checkpoint  {path} (built, saved, reloaded in {t_build:.2f} s)")
+    print(f"backend     {describe_backend(backend, 'cpu')}")
     print(f"forward     {len(ids)} tokens -> logits {tuple(logits.shape)} in {t_fwd * 1e3:.1f} ms")
     print(f"generate    {len(new)} tokens in {t_gen:.2f} s ({len(new) / t_gen:.0f} tok/s)")
     print(f"text        {prompt!r} + {completion!r}  (untrained weights: random text)")
