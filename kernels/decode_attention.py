@@ -25,6 +25,7 @@ from omnitok.kernels.triton_utils import (
     check_dtype,
     dot_precision,
     last_dim_contiguous,
+    load_kv_tile,
     meta,
     out_dtype,
     parallelism,
@@ -77,11 +78,7 @@ def _decode_kernel(Q, K, V, QPOS, OUT, O_PART, LSE_PART,
         offs_n = n0 + tl.arange(0, BLOCK_N)
         n_ok = offs_n < hi
         kv_mask = n_ok[:, None] & d_ok[None, :]
-        k = tl.load(k_base + offs_n[:, None] * stride_ks + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_base + offs_n[:, None] * stride_vs + offs_d[None, :], mask=kv_mask, other=0.0)
-        if UPCAST:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
+        k, v = load_kv_tile(k_base, v_base, offs_n, offs_d, kv_mask, stride_ks, stride_vs, UPCAST)
         qk = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
         qk = tl.where(n_ok[None, :] & (offs_n[None, :] <= pos[:, None]), qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))

@@ -19,6 +19,7 @@ from omnitok.kernels.triton_utils import (
     block_d,
     bucket,
     dot_precision,
+    load_kv_tile,
     meta,
     out_dtype,
     tuned,
@@ -176,11 +177,7 @@ def _dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_ks, stride_vs, start
         offs_n = n0 + tl.arange(0, BLOCK_N)
         n_ok = offs_n < S
         kv_mask = n_ok[:, None] & d_ok[None, :]
-        k = tl.load(k_base + offs_n[:, None] * stride_ks + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_base + offs_n[:, None] * stride_vs + offs_d[None, :], mask=kv_mask, other=0.0)
-        if UPCAST:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
+        k, v = load_kv_tile(k_base, v_base, offs_n, offs_d, kv_mask, stride_ks, stride_vs, UPCAST)
         qk = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
         p = tl.exp2(qk - lse[:, None])
         if MASKED:

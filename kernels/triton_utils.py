@@ -10,6 +10,7 @@ import functools
 
 import torch
 import triton
+import triton.language as tl
 
 from omnitok import OmnitokError
 from omnitok.kernels.dispatch import interpreter_enabled
@@ -79,3 +80,15 @@ def check_dtype(*tensors: torch.Tensor) -> torch.dtype:
 
 def last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
+
+
+@triton.jit
+def load_kv_tile(k_base, v_base, offs_n, offs_d, kv_mask, stride_ks, stride_vs,
+                 UPCAST: tl.constexpr):
+    """The (BLOCK_N, BLOCK_D) key and value tiles at rows offs_n (masked loads; fp32 if UPCAST)."""
+    k = tl.load(k_base + offs_n[:, None] * stride_ks + offs_d[None, :], mask=kv_mask, other=0.0)
+    v = tl.load(v_base + offs_n[:, None] * stride_vs + offs_d[None, :], mask=kv_mask, other=0.0)
+    if UPCAST:
+        k = k.to(tl.float32)
+        v = v.to(tl.float32)
+    return k, v
