@@ -7,14 +7,14 @@ not leave it; bad lines, escaping paths and unreadable files are counted, skippe
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from omnitok.tokenizers.audio_io import AudioTokenizerError, list_audio_files, load_audio
+from omnitok.tokenizers.audio_io import AUDIO_SUFFIXES, AudioTokenizerError, load_audio
+from omnitok.train.manifest import ManifestError, media_files
 
 
 @dataclass
@@ -43,47 +43,14 @@ class AudioData:
         return text
 
 
-def manifest_audio_paths(manifest: Path, data: AudioData) -> list[Path]:
-    """Audio files named by a JSONL manifest; bad lines and escaping paths go to `data`."""
-    root = manifest.parent.resolve()
-    paths = []
-    try:
-        lines = manifest.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise AudioTokenizerError(f"{manifest}: cannot read the manifest ({e})") from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{manifest}:{number}"
-        try:
-            doc = json.loads(line)
-            segments = doc["segments"] if isinstance(doc, dict) else doc
-            if not isinstance(segments, list):
-                raise TypeError("segments is not a list")
-            rels = [s["audio"] for s in segments if isinstance(s, dict) and "audio" in s]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            data.skip("bad manifest lines", f"{where}: {e}")
-            continue
-        for rel in rels:
-            path = (root / str(rel)).resolve()
-            if not isinstance(rel, str) or not path.is_relative_to(root):
-                data.skip("paths escaping the manifest folder", f"{where}: {rel!r}")
-            else:
-                paths.append(path)
-    return paths
-
-
 def collect_audio(sources: list[Path], sample_rate: int, channels: int) -> AudioData:
     """Load every clip named by the manifests / found in the folders of `sources`."""
-    data, paths = AudioData(), []
-    for source in map(Path, sources):
-        if source.is_dir():
-            paths += list_audio_files(source)
-        elif source.is_file():
-            paths += manifest_audio_paths(source, data)
-        else:
-            raise AudioTokenizerError(f"{source}: no such manifest or folder")
-    for path in dict.fromkeys(paths):  # each file once, in order
+    try:
+        paths, stats = media_files(list(sources), "audio", AUDIO_SUFFIXES)
+    except ManifestError as e:
+        raise AudioTokenizerError(str(e)) from None
+    data = AudioData(skipped=Counter(stats.skipped), examples=dict(stats.examples))
+    for path in paths:
         try:
             data.clips.append(load_audio(path, sample_rate, channels))
         except AudioTokenizerError as e:

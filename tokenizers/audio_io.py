@@ -99,9 +99,3 @@ def save_audio(wav: torch.Tensor, sample_rate: int, path: str | os.PathLike) -> 
     data = wav.detach().float().clamp(-1, 1).cpu().numpy().T  # (T, C)
     with atomic_path(path) as tmp:
         sf.write(tmp, data, int(sample_rate), subtype="PCM_16", format="WAV")
-
-
-def list_audio_files(folder: Path) -> list[Path]:
-    """Audio files under `folder` (recursively), sorted, by suffix."""
-    return sorted(p for p in folder.rglob("*")
-                  if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())

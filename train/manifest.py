@@ -46,6 +46,7 @@ class ManifestDocument:
 class ManifestStats:
     documents: int = 0
     skipped: Counter = field(default_factory=Counter)  # reason -> count
+    examples: dict[str, str] = field(default_factory=dict)  # reason -> first "file:line: why"
 
     @property
     def n_skipped(self) -> int:
@@ -76,7 +77,9 @@ def iter_manifest(path: str | os.PathLike, stats: ManifestStats | None = None, *
             except ManifestError as e:
                 if strict:
                     raise ManifestError(f"{path}:{number}: {e}") from None
-                stats.skipped[e.args[0].split(":")[0]] += 1
+                reason = e.args[0].split(":")[0]
+                stats.skipped[reason] += 1
+                stats.examples.setdefault(reason, f"{path.name}:{number}: {e}")
                 continue
             stats.documents += 1
             yield doc

@@ -373,10 +373,10 @@ def test_manifest_paths_are_checked_and_counted(tmp_path):
     (root / "train.jsonl").write_text(text)
     data = collect_audio([root / "train.jsonl"], SR, 1)
     assert len(data.clips) == 3
-    assert data.skipped == {"paths escaping the manifest folder": 2, "bad manifest lines": 2,
-                            "unreadable audio files": 1}
+    assert data.skipped == {"path escapes the manifest folder": 2, "bad JSON": 1,
+                            "no segments": 1, "unreadable audio files": 1}
     summary = data.summary(SR)
-    assert "2 paths escaping" in summary and "outside.wav" in summary and "\n" not in summary
+    assert "2 path escapes" in summary and "outside.wav" in summary and "\n" not in summary
     assert len(collect_audio([root / "audio"], SR, 1).clips) == 3
     with pytest.raises(AudioTokenizerError):
         collect_audio([tmp_path / "nowhere.jsonl"], SR, 1)
