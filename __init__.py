@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -85,6 +86,24 @@ def read_json_object(path: str | os.PathLike, error: type[Exception] = OmnitokEr
     if not isinstance(data, dict):
         raise error(f"{path}: expected a JSON object")
     return data
+
+
+def dataclass_from_dict(cls: type, d: dict, error: type[Exception], what: str,
+                        derived: tuple[str, ...] = ()):
+    """`cls(**d)` for a config dataclass; unknown keys or bad values raise `error` in one line.
+
+    `derived` names keys written by `to_dict` that the constructor computes itself (ignored).
+    """
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(d) - names - set(derived))
+    if unknown:
+        raise error(f"unknown {what} config keys: {', '.join(unknown)}")
+    try:
+        return cls(**{k: v for k, v in d.items() if k in names})
+    except error:
+        raise
+    except (TypeError, ValueError) as e:
+        raise error(f"malformed {what} config: {e}") from None
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

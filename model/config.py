@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
-from omnitok import OmnitokError
+from omnitok import OmnitokError, dataclass_from_dict
 
 
 class ConfigError(OmnitokError, ValueError):
@@ -75,14 +75,7 @@ class ModelArgs:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelArgs:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown model config keys: {', '.join(unknown)}")
-        try:
-            return cls(**d)
-        except TypeError as e:
-            raise ConfigError(f"malformed model config: {e}") from None
+        return dataclass_from_dict(cls, d, ConfigError, "model")
 
     def replace(self, **changes) -> ModelArgs:
         return dataclasses.replace(self, **changes)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,7 @@ from encodec.modules import SEANetDecoder, SEANetEncoder
 from encodec.quantization import ResidualVectorQuantizer
 from torch import nn
 
+from omnitok import dataclass_from_dict
 from omnitok.tokenizers.audio_io import AudioTokenizerError
 
 KINDS = ("encodec", "encodec_24khz", "mel")
@@ -102,14 +103,8 @@ class AudioTokenizerConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> AudioTokenizerConfig:
-        names = {f.name for f in fields(cls) if f.init}
-        unknown = sorted(set(d) - names - {"frame_rate"})
-        if unknown:
-            raise AudioTokenizerError(f"unknown audio tokenizer config fields: {unknown}")
-        try:
-            return cls(**{k: v for k, v in d.items() if k in names})
-        except TypeError as e:
-            raise AudioTokenizerError(f"malformed audio tokenizer config: {e}") from None
+        return dataclass_from_dict(cls, d, AudioTokenizerError, "audio tokenizer",
+                                   derived=("frame_rate",))
 
 
 def build_codec(config: AudioTokenizerConfig) -> nn.Module:
