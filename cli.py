@@ -2,7 +2,12 @@
 
 Positional parameters without defaults become positional arguments, everything else a
 `--kebab-case` flag (`bool` gives `--x/--no-x`, `list[T]` takes several values, `Literal` gives
-choices); help text comes from the function's docstring (`Args:` section). `--config FILE`
+choices); help text comes from the function's docstring (`Args:` section). Two richer kinds:
+- a dataclass parameter gives one flag per field, `--name.field` (`--field.sub` for a
+  dataclass with `cli_flatten = True`, nested dataclasses recursively);
+- `list[T]` where T has `cli_flags` (e.g. ("text", "image")) gives one repeatable flag per
+  name whose values are collected in command-line order as `T.from_flag(name, value)`.
+Parameters before `*` are positional (optional when they have a default). `--config FILE`
 (JSON, or YAML when PyYAML is installed) supplies flag values; flags on the command line win.
 Only the module of the chosen subcommand is imported, so `--help` stays fast.
 
@@ -13,6 +18,8 @@ see the traceback.
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import importlib
 import inspect
 import json
@@ -30,6 +37,8 @@ SHORT = {"output": "-o"}  # short aliases of common flags
 COMMANDS: dict = {
     "demo": ("omnitok.generate.demo:demo",
              "Run the built-in default end to end and print what it produced."),
+    "generate": ("omnitok.generate.commands:generate_command",
+                 "Generate text, images and audio from mixed prompts."),
     "data": {
         "_help": "Build data sets.",
         "demo": ("omnitok.demo.commands:build_demo_data",
@@ -37,6 +46,8 @@ COMMANDS: dict = {
         "judge": ("omnitok.demo.commands:judge_demo_data",
                   "Score the independent judges on a demo manifest's ground-truth media."),
     },
+    "tokenize": ("omnitok.train.commands:tokenize_command",
+                 "Pre-tokenize a corpus manifest into shards of unified-vocabulary ids."),
     "tokenizer": {
         "_help": "Train and inspect tokenizers.",
         "train": {
@@ -105,7 +116,7 @@ def _run(argv: list[str]) -> int:
     parser = build_parser(fn, " ".join(path), node[1])
     args = vars(parser.parse_args(argv))
     args.pop("config", None)
-    result = fn(**args)
+    result = fn(**_assemble(fn, args))
     return result if isinstance(result, int) else 0
 
 
@@ -134,16 +145,23 @@ def build_parser(fn: Callable, prog: str, summary: str) -> argparse.ArgumentPars
 
 def _add_param(parser: argparse.ArgumentParser, p: inspect.Parameter, hint, help_: str) -> None:
     kind, kwargs = _unwrap(hint), {"help": help_ or " "}
+    if dataclasses.is_dataclass(kind):
+        base = p.default if dataclasses.is_dataclass(p.default) else kind()
+        _add_dataclass(parser, base, "" if getattr(kind, "cli_flatten", False) else p.name)
+        return
     base, origin = typing.get_origin(kind), kind
     if base is list:
         origin = typing.get_args(kind)[0]
+        if hasattr(origin, "cli_flags"):
+            _add_ordered(parser, p.name, origin, help_)
+            return
         kwargs["nargs"] = "+"
     if typing.get_origin(origin) is typing.Literal:
         kwargs["choices"] = list(typing.get_args(origin))
         origin = type(kwargs["choices"][0])
-    positional = (p.default is inspect.Parameter.empty
-                  and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
-    if positional:
+    if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+        if p.default is not inspect.Parameter.empty:
+            kwargs.update(nargs="?", default=p.default)
         parser.add_argument(p.name, type=origin, **kwargs)
         return
     flags = ["--" + p.name.replace("_", "-")] + ([SHORT[p.name]] if p.name in SHORT else [])
@@ -159,6 +177,71 @@ def _add_param(parser: argparse.ArgumentParser, p: inspect.Parameter, hint, help
         if p.default is not None and origin is not bool:
             kwargs["help"] += " (default: %(default)s)"
     parser.add_argument(*flags, dest=p.name, **kwargs)
+
+
+def _add_dataclass(parser: argparse.ArgumentParser, base, prefix: str) -> None:
+    """One flag per field of the dataclass instance `base`: --prefix.field (dest
+    "prefix.field"), its value in `base` as the documented default; nested ones recurse."""
+    hints = typing.get_type_hints(type(base))
+    for f in dataclasses.fields(base):
+        name = f"{prefix}.{f.name}" if prefix else f.name
+        value = getattr(base, f.name)
+        if dataclasses.is_dataclass(value):
+            _add_dataclass(parser, value, name)
+            continue
+        kind = _unwrap(hints[f.name])
+        flag = "--" + name.replace("_", "-")
+        extra = ({"action": argparse.BooleanOptionalAction} if kind is bool
+                 else {"type": kind, "metavar": f.name.upper()})
+        parser.add_argument(flag, dest=name, default=None, help=f"(default: {value})", **extra)
+
+
+class _Ordered(argparse.Action):
+    """Appends `cls.from_flag(flag, value)` to one list shared by several flags, in order."""
+
+    def __init__(self, *args, cls: type, flag: str, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.cls, self.flag = cls, flag
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        items = list(getattr(namespace, self.dest) or [])
+        items.append(self.cls.from_flag(self.flag, values))
+        setattr(namespace, self.dest, items)
+
+
+def _add_ordered(parser: argparse.ArgumentParser, dest: str, cls: type, help_: str) -> None:
+    helps = getattr(cls, "cli_help", {})
+    for flag in cls.cli_flags:
+        parser.add_argument(f"--{flag}", dest=dest, action=_Ordered, cls=cls, flag=flag,
+                            default=[], metavar=flag.upper(),
+                            help=f"{helps.get(flag, help_)} (repeatable, kept in order)")
+
+
+def _assemble(fn: Callable, args: dict) -> dict:
+    """Gather dotted dests back into the dataclass values of `fn`'s parameters."""
+    hints = typing.get_type_hints(fn)
+    out = {k: v for k, v in args.items() if "." not in k}
+    for p in inspect.signature(fn).parameters.values():
+        kind = _unwrap(hints.get(p.name, str))
+        if not dataclasses.is_dataclass(kind):
+            continue
+        flat = getattr(kind, "cli_flatten", False)
+        base = p.default if dataclasses.is_dataclass(p.default) else kind()
+        out[p.name] = _fill(copy.deepcopy(base), "" if flat else p.name, args)
+    return out
+
+
+def _fill(obj, prefix: str, args: dict):
+    for f in dataclasses.fields(obj):
+        name = f"{prefix}.{f.name}" if prefix else f.name
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            setattr(obj, f.name, _fill(value, name, args))
+        elif args.get(name) is not None:
+            setattr(obj, f.name, args[name])
+    if hasattr(obj, "__post_init__"):
+        obj.__post_init__()  # validate the values that came from flags
+    return obj
 
 
 def _unwrap(hint):

@@ -17,14 +17,16 @@ from typing import Literal
 import torch
 
 from omnitok import OmnitokError
-from omnitok.generate.engine import generate_tokens
+from omnitok.generate.generator import GenerationSettings, Generator
+from omnitok.generate.sampling import ModalitySampling, SamplingParams
 from omnitok.kernels import describe_backend, resolve_backend
 from omnitok.model.checkpoint import load_checkpoint, save_checkpoint
 from omnitok.model.config import ModelArgs
 from omnitok.model.transformer import Transformer
 from omnitok.tokenizers.bundle import TokenizerBundle
+from omnitok.tokenizers.document import Document, TextSegment
 from omnitok.tokenizers.text import TextTokenizer
-from omnitok.tokenizers.vocab import AudioSpec, Modality, Vocab
+from omnitok.tokenizers.vocab import AudioSpec, Vocab
 
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black")
 SHAPES = ("circle", "square", "triangle", "star", "hexagon", "diamond")
@@ -78,12 +80,13 @@ def demo(*, out: Path = Path("out/demo"), prompt: str = "a red circle on a",
     with torch.inference_mode():
         logits = model(torch.tensor([ids]))
     t_fwd = time.perf_counter() - t0
-    allowed = text_mask(vocab, text)
+    settings = GenerationSettings(target="text", max_new_tokens=new_tokens, seed=seed,
+                                  sampling=ModalitySampling(text=SamplingParams(0.8, 50)))
     t0 = time.perf_counter()
-    new = generate_tokens(model, ids, new_tokens, allowed=allowed, temperature=0.8, top_k=50,
-                          seed=seed)
+    [answer] = Generator(ckpt).generate([Document([TextSegment(prompt)])], settings)
     t_gen = time.perf_counter() - t0
-    completion = text.decode([vocab.to_local(i)[1] for i in new])
+    new = answer.ids
+    completion = "".join(s.text for s in answer.document if isinstance(s, TextSegment))
     (out / "generated.txt").write_text(prompt + completion + "\n", encoding="utf-8")
     a = model.args
     print(f"model       {preset}: {a.num_params() / 1e6:.2f}M parameters, {a.n_layers} layers, "
@@ -96,12 +99,3 @@ def demo(*, out: Path = Path("out/demo"), prompt: str = "a red circle on a",
     print(f"text        {prompt!r} + {completion!r}  (untrained weights: random text)")
     print(f"written     {out / 'generated.txt'}")
 
-
-def text_mask(vocab: Vocab, text: TextTokenizer) -> torch.Tensor:
-    """(padded_size,) bool: True for the text tokenizer's word pieces (not bytes, not <unk>)."""
-    mask = torch.zeros(vocab.padded_size, dtype=torch.bool)
-    start = vocab.range(Modality.TEXT).start
-    for i in range(text.vocab_size):
-        piece = text.id_to_piece(i)
-        mask[start + i] = not (piece.startswith("<") and piece.endswith(">"))
-    return mask

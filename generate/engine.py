@@ -1,50 +1,166 @@
-"""Prefill, then decode one token at a time over the model's static KV cache."""
+"""Batched decoding under the modality grammar: prefill, then one token per step.
+
+A batch holds rows of different prompt lengths. Prefill runs them right-padded in one
+forward with per-row positions; padded cache slots lie beyond each row's position, so they are
+never attended to and are overwritten as the row grows. Each decode step feeds every live row
+its own position; a row that finishes leaves the batch (its cache row is dropped). With
+classifier-free guidance every request has a conditional and an unconditional row in the same
+batch (one forward per step), and both take the token drawn from the guided logits.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 
 import torch
 
-from omnitok.generate.sampling import sample
+from omnitok import OmnitokError
+from omnitok.generate.grammar import Grammar, RowState
+from omnitok.generate.sampling import ModalitySampling, SamplingParams, sample_rows
 from omnitok.model.transformer import Transformer
 
 
-@torch.inference_mode()
-def stream_tokens(model: Transformer, prompt: Sequence[int] | torch.Tensor, max_new_tokens: int,
-                  *, allowed: torch.Tensor | None = None, stop: Sequence[int] = (),
-                  temperature: float = 1.0, top_k: int | None = None,
-                  top_p: float | None = None, seed: int | None = None) -> Iterator[int]:
-    """Yield up to `max_new_tokens` ids continuing `prompt` (a stop id is yielded, then ends).
+@dataclass
+class Guidance:
+    """Classifier-free guidance: logits = uncond + scale * (cond - uncond).
 
-    allowed: (V,) bool mask of ids that may be drawn. A seed makes the draw reproducible.
+    Applies inside the listed modalities' segments, for the steps whose fraction of the segment
+    (image: of its h*w codes; audio: of `max_audio_frames`) lies in [interval[0], interval[1]).
     """
-    device = model.tok_embeddings.weight.device
-    prompt = torch.as_tensor(prompt, dtype=torch.long, device=device).flatten()
-    total = prompt.numel() + max_new_tokens
-    if prompt.numel() == 0:
-        raise ValueError("the prompt is empty")
-    if total > model.args.max_seq_len:
-        raise ValueError(f"prompt ({prompt.numel()}) + new tokens ({max_new_tokens}) exceed "
-                         f"the context of {model.args.max_seq_len}")
-    generator = torch.Generator(device).manual_seed(seed) if seed is not None else None
-    model.setup_cache(1, total)
-    try:
-        logits = model(prompt[None], input_pos=torch.arange(prompt.numel(), device=device))
-        pos = prompt.numel()
-        for _ in range(max_new_tokens):
-            token = sample(logits[:, -1], temperature=temperature, top_k=top_k, top_p=top_p,
-                           allowed=allowed, generator=generator)
-            yield int(token)
-            if int(token) in stop:
-                return
-            logits = model(token[:, None], input_pos=torch.tensor([pos], device=device))
-            pos += 1
-    finally:
-        model.clear_cache()
+
+    scale: float = 3.0
+    modalities: tuple[str, ...] = ("image", "audio")
+    interval: tuple[float, float] = (0.0, 1.0)
+
+    def applies(self, state: RowState, max_audio_frames: int) -> bool:
+        if state.modality not in self.modalities:
+            return False
+        if state.modality == "image":
+            h, w = state.grid
+            done = h * w - state.image_left if state.image_left else 0
+            frac = done / max(h * w, 1)
+        else:
+            frac = (state.audio.opened_frames() if state.audio else 0) / max(max_audio_frames, 1)
+        return self.interval[0] <= frac < self.interval[1] or frac == self.interval[1] == 1.0
 
 
-def generate_tokens(model: Transformer, prompt: Sequence[int] | torch.Tensor,
-                    max_new_tokens: int, **kwargs) -> list[int]:
-    """All of `stream_tokens` as a list."""
-    return list(stream_tokens(model, prompt, max_new_tokens, **kwargs))
+@dataclass
+class Request:
+    """One sequence to continue: its prompt ids (ending with the answer's opening ids)."""
+
+    prompt: list[int]
+    state: RowState
+    uncond_prompt: list[int] | None = None  # the guidance row's prompt (None: no guidance)
+    seed: int | None = None
+    tokens: list[int] = field(default_factory=list)  # generated so far
+
+
+class Engine:
+    """Runs requests through `model` with a grammar, sampling settings and optional guidance."""
+
+    def __init__(self, model: Transformer, grammar: Grammar, sampling: ModalitySampling,
+                 guidance: Guidance | None = None, pad_id: int = 0) -> None:
+        self.model, self.grammar, self.sampling = model, grammar, sampling
+        self.guidance = guidance if guidance is not None and guidance.scale != 1.0 else None
+        self.pad_id = pad_id
+        self.device = model.tok_embeddings.weight.device
+
+    def max_len(self, requests: Sequence[Request]) -> int:
+        """Cache length these requests need: the longest prompt plus its token budget."""
+        return max(max(len(r.prompt), len(r.uncond_prompt or [])) + r.state.remaining
+                   for r in requests)
+
+    @torch.inference_mode()
+    def run(self, requests: Sequence[Request]) -> Iterator[list[tuple[int, int]]]:
+        """Decode every request to the end; yield each step's (request index, token) pairs."""
+        if not requests:
+            return
+        guided = self.guidance is not None
+        if guided and any(r.uncond_prompt is None for r in requests):
+            raise OmnitokError("guidance needs an unconditional prompt for every request")
+        total = self.max_len(requests)
+        if total > self.model.args.max_seq_len:
+            raise OmnitokError(f"prompt + answer need {total} positions; the model's context "
+                               f"is {self.model.args.max_seq_len}")
+        prompts = [r.prompt for r in requests]
+        if guided:
+            prompts += [r.uncond_prompt for r in requests]
+        generators = [torch.Generator(self.device).manual_seed(r.seed) if r.seed is not None
+                      else None for r in requests]
+        seen = torch.zeros(len(requests), self.model.args.vocab_size, dtype=torch.bool,
+                           device=self.device)
+        for i, r in enumerate(requests):
+            seen[i, torch.tensor(r.prompt, device=self.device)] = True
+        self.model.setup_cache(len(prompts), total)
+        try:
+            logits, pos = self._prefill(prompts)
+            alive = [i for i, r in enumerate(requests) if not r.state.done]
+            keep = torch.tensor(alive + ([i + len(requests) for i in alive] if guided else []),
+                                dtype=torch.long)
+            if len(alive) < len(requests):
+                logits, pos = self._compact(keep, logits, pos)
+            while alive:
+                step, tokens = self._step(requests, alive, logits, seen[alive],
+                                          [generators[i] for i in alive])
+                seen[alive, tokens] = True
+                yield step
+                still = [j for j, i in enumerate(alive) if not requests[i].state.done]
+                if len(still) < len(alive):
+                    n = len(alive)
+                    rows = still + ([j + n for j in still] if guided else [])
+                    keep = torch.tensor(rows, dtype=torch.long)
+                    alive = [alive[j] for j in still]
+                    tokens = tokens[still]
+                    logits, pos = self._compact(keep, logits, pos)
+                if not alive:
+                    break
+                feed = torch.cat([tokens, tokens]) if guided else tokens
+                logits = self._forward(feed[:, None], pos[:, None])
+                pos = pos + 1
+        finally:
+            self.model.clear_cache()
+
+    def _prefill(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits at each prompt's last id (R, V) and each row's next position (R,)."""
+        lengths = torch.tensor([len(p) for p in prompts], device=self.device)
+        if int(lengths.min()) == 0:
+            raise OmnitokError("a prompt is empty")
+        width = int(lengths.max())
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long, device=self.device)
+        for i, p in enumerate(prompts):
+            ids[i, :len(p)] = torch.tensor(p, device=self.device)
+        positions = torch.arange(width, device=self.device)
+        logits = self.model(ids, input_pos=positions, kv_len=width)
+        return logits[torch.arange(len(prompts)), lengths - 1], lengths
+
+    def _forward(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return self.model(tokens, input_pos=pos, kv_len=int(pos.max()) + 1)[:, -1]
+
+    def _compact(self, keep: torch.Tensor, logits: torch.Tensor,
+                 pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.model.keep_cache_rows(keep.to(self.device))
+        return logits[keep], pos[keep]
+
+    def _step(self, requests: Sequence[Request], alive: list[int], logits: torch.Tensor,
+              seen: torch.Tensor, generators: list[torch.Generator | None]
+              ) -> tuple[list[tuple[int, int]], torch.Tensor]:
+        states = [requests[i].state for i in alive]
+        n = len(alive)
+        cond = logits[:n].float()
+        if self.guidance is not None:
+            frames = self.grammar.max_audio_frames
+            use = torch.tensor([self.guidance.applies(s, frames) for s in states],
+                               device=cond.device)
+            uncond = logits[n:].float()
+            guided = uncond + self.guidance.scale * (cond - uncond)
+            cond = torch.where(use[:, None], guided, cond)
+        allowed = torch.stack([self.grammar.allowed(s) for s in states]).to(cond.device)
+        params: list[SamplingParams] = [self.sampling.for_modality(s.modality) for s in states]
+        tokens = sample_rows(cond, params, allowed=allowed, seen=seen, generators=generators)
+        step = []
+        for i, state, token in zip(alive, states, tokens.tolist()):
+            self.grammar.advance(state, token)
+            requests[i].tokens.append(token)
+            step.append((i, token))
+        return step, tokens

@@ -68,7 +68,7 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 doc_ids: torch.Tensor | None, input_pos: torch.Tensor | None,
-                backend: str) -> torch.Tensor:
+                backend: str, kv_len: int | None = None) -> torch.Tensor:
         b, t, _ = x.shape
         q_size, kv_size = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
         q, k, v = self.wqkv(x).split([q_size, kv_size, kv_size], dim=-1)
@@ -82,6 +82,8 @@ class Attention(nn.Module):
         k = kernels.apply_rope(k, cos, sin, backend=backend)
         if self.kv_cache is not None and input_pos is not None:
             k, v = self.kv_cache.update(input_pos, k, v)
+            if kv_len is not None:  # no query sees beyond the longest row: skip those slots
+                k, v = k[:, :, :kv_len], v[:, :, :kv_len]
         y = kernels.attention(q, k, v, doc_ids=doc_ids, backend=backend,
                               q_pos=input_pos if self.kv_cache is not None else None)
         return self.wo(y.transpose(1, 2).reshape(b, t, q_size))
@@ -108,9 +110,9 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 doc_ids: torch.Tensor | None, input_pos: torch.Tensor | None,
-                backend: str) -> torch.Tensor:
+                backend: str, kv_len: int | None = None) -> torch.Tensor:
         x = x + self.attention(self.attention_norm(x, backend), cos, sin, doc_ids, input_pos,
-                               backend)
+                               backend, kv_len)
         return x + self.feed_forward(self.ffn_norm(x, backend))
 
 
@@ -152,6 +154,12 @@ class Transformer(nn.Module):
             layer.attention.kv_cache = KVCache(batch_size, self.args.n_kv_heads, max_seq_len,
                                                self.args.head_dim, dtype or w.dtype, w.device)
 
+    def keep_cache_rows(self, rows: torch.Tensor) -> None:
+        """Keep only cache rows `rows` (int64 indices, in the new order): rows leave a batch."""
+        for layer in self.layers:
+            cache = layer.attention.kv_cache
+            cache.k_cache, cache.v_cache = cache.k_cache[rows], cache.v_cache[rows]
+
     def clear_cache(self) -> None:
         for layer in self.layers:
             layer.attention.kv_cache = None
@@ -162,11 +170,13 @@ class Transformer(nn.Module):
 
     # ---- forward -------------------------------------------------------------------------
     def forward(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None,
-                doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+                doc_ids: torch.Tensor | None = None, kv_len: int | None = None) -> torch.Tensor:
         """Logits (B, T, vocab_size) for token ids idx (B, T).
 
         input_pos: (B, T) or (T,) absolute positions, required with a KV cache (the new keys
                    and values are written there; each query sees the cache up to its position).
+        kv_len:    with a KV cache, attend over its first kv_len slots only (must exceed every
+                   position in input_pos); None: the whole cache.
         doc_ids:   (B, T) document of each token in a packed row: attention stays inside each
                    document and positions restart at 0 in each one. Not with a KV cache.
         """
@@ -182,7 +192,7 @@ class Transformer(nn.Module):
         x = self.tok_embeddings(idx)
         for layer in self.layers:
             x = layer(x, cos, sin, doc_ids, pos if input_pos is not None else None,
-                      self.attn_backend)
+                      self.attn_backend, kv_len)
         return self.output(self.norm(x, self.attn_backend))
 
     def _positions(self, b: int, t: int, input_pos: torch.Tensor | None,

@@ -144,15 +144,30 @@ class AudioTokenizer(nn.Module):
         return codes.long().to(self.codebooks()[0].device)
 
     # ---- long inputs --------------------------------------------------------------------------
-    def _chunks(self, frames: int, chunk_seconds: float, context_seconds: float):
-        """(start, stop, a, b) frame windows: keep [start, stop) out of a computed [a, b)."""
+    def chunk_frames(self, chunk_seconds: float, context_seconds: float) -> tuple[int, int]:
+        """(frames per chunk, frames of context on each side) for chunked encode/decode."""
         if chunk_seconds <= 0 or context_seconds < 0:
             raise AudioTokenizerError("chunk_seconds must be > 0 and context_seconds >= 0")
-        chunk = max(1, round(chunk_seconds * self.frame_rate))
-        ctx = math.ceil(context_seconds * self.frame_rate)
+        return max(1, round(chunk_seconds * self.frame_rate)), math.ceil(
+            context_seconds * self.frame_rate)
+
+    def chunk_windows(self, frames: int, chunk_seconds: float, context_seconds: float):
+        """(start, stop, a, b) frame windows: keep [start, stop) out of a computed [a, b).
+
+        A window whose b is below `frames` depends only on codes before b: streaming decoders
+        emit it as soon as those frames exist and get what a whole-segment decode gives.
+        """
+        chunk, ctx = self.chunk_frames(chunk_seconds, context_seconds)
         for start in range(0, frames, chunk):
             stop = min(frames, start + chunk)
             yield start, stop, max(0, start - ctx), min(frames, stop + ctx)
+
+    def decode_window(self, codes: torch.Tensor, window: tuple[int, int, int, int]
+                      ) -> torch.Tensor:
+        """(C, (stop - start) * hop) samples of frames [start, stop), decoded from [a, b)."""
+        start, stop, a, b = window
+        hop = self.hop_length
+        return self.decode(codes[None, :, a:b])[0, :, (start - a) * hop: (stop - a) * hop]
 
     def encode_long(self, wav: torch.Tensor, chunk_seconds: float = 10.0,
                     context_seconds: float = 1.0) -> torch.Tensor:
@@ -167,7 +182,7 @@ class AudioTokenizer(nn.Module):
         hop, frames = self.hop_length, -(-wav.shape[-1] // self.hop_length)
         wav = F.pad(wav, (0, frames * hop - wav.shape[-1]))
         out = [self.encode(wav[None, :, a * hop: b * hop])[0, :, start - a: stop - a]
-               for start, stop, a, b in self._chunks(frames, chunk_seconds, context_seconds)]
+               for start, stop, a, b in self.chunk_windows(frames, chunk_seconds, context_seconds)]
         if not out:
             raise AudioTokenizerError("cannot encode empty audio (0 samples)")
         return torch.cat(out, dim=1)
@@ -177,10 +192,8 @@ class AudioTokenizer(nn.Module):
         """(K, F) codes -> (C, F * hop) samples (or `length`), chunked like `encode_long`."""
         if not isinstance(codes, torch.Tensor) or codes.dim() != 2:
             raise AudioTokenizerError("decode_long expects (K, F) codes")
-        hop = self.hop_length
-        out = [self.decode(codes[None, :, a:b])[0, :, (start - a) * hop: (stop - a) * hop]
-               for start, stop, a, b in self._chunks(codes.shape[1], chunk_seconds,
-                                                     context_seconds)]
+        out = [self.decode_window(codes, w)
+               for w in self.chunk_windows(codes.shape[1], chunk_seconds, context_seconds)]
         if not out:
             raise AudioTokenizerError("cannot decode empty codes (0 frames)")
         wav = torch.cat(out, dim=1)

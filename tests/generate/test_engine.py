@@ -1,67 +1,118 @@
-"""Cached decoding produces what recomputing the whole sequence would; sampling respects masks."""
+"""The engine: cached decoding equals recomputation, batches equal single runs, guidance is
+uncond + s * (cond - uncond), seeds reproduce, finished rows leave the batch."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from omnitok.generate.engine import generate_tokens
-from omnitok.generate.sampling import sample
-from omnitok.model.config import ModelArgs
-from omnitok.model.transformer import Transformer
+from omnitok.generate.generator import GenerationSettings, Generator
+from omnitok.model.checkpoint import load_checkpoint
+from omnitok.tokenizers.document import Document, ImageSegment, TextSegment
+
+PROMPTS = ["a red circle", "on a blue background please", "star", "the green hexagon on top"]
 
 
 @pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return Transformer(ModelArgs.from_name("debug", vocab_size=128, qk_norm=True)).eval()
+def gen(any_ckpt):
+    return Generator(load_checkpoint(any_ckpt))
 
 
-def test_greedy_matches_full_recompute(model):
-    prompt = [5, 17, 99, 3]
-    got = generate_tokens(model, prompt, 12, temperature=0)
-    seq = list(prompt)
+def docs(texts):
+    return [Document([TextSegment(t)]) for t in texts]
+
+
+def full_recompute_greedy(gen: Generator, prompt: list[int], answer: list[int]) -> list[int]:
+    """Greedy continuation by re-running the whole sequence each step, under the same masks."""
+    grammar = gen.grammar(GenerationSettings(target="text"))
+    state, _ = grammar.start(len(answer))
+    seq, out = list(prompt), []
     with torch.no_grad():
-        for _ in range(12):
-            seq.append(int(model(torch.tensor([seq]))[0, -1].argmax()))
-    assert got == seq[len(prompt):]
+        while not state.done:
+            logits = gen.model(torch.tensor([seq]))[0, -1].float()
+            logits[~grammar.allowed(state)] = float("-inf")
+            token = int(logits.argmax())
+            grammar.advance(state, token)
+            seq.append(token)
+            out.append(token)
+    return out
 
 
-def test_seed_reproduces_and_mask_holds(model):
-    allowed = torch.zeros(128, dtype=torch.bool)
-    allowed[40:60] = True
-    a = generate_tokens(model, [1, 2, 3], 30, allowed=allowed, seed=7)
-    b = generate_tokens(model, [1, 2, 3], 30, allowed=allowed, seed=7)
-    c = generate_tokens(model, [1, 2, 3], 30, allowed=allowed, seed=8)
-    assert a == b and a != c
-    assert all(40 <= t < 60 for t in a)
+def test_greedy_matches_full_recompute(gen):
+    settings = GenerationSettings(target="text", greedy=True, max_new_tokens=20)
+    [answer] = gen.generate(docs(PROMPTS[:1]), settings)
+    generated = answer.ids + ([gen.vocab.special("<eos>")] if len(answer.ids) < 20 else [])
+    assert generated == full_recompute_greedy(gen, answer.prompt_ids, generated)
 
 
-def test_stop_token_ends_generation(model):
-    first = generate_tokens(model, [1, 2, 3], 1, temperature=0)[0]
-    assert generate_tokens(model, [1, 2, 3], 10, temperature=0, stop=[first]) == [first]
+@pytest.mark.parametrize("target", ["text", "image", "audio", "auto"])
+def test_batched_greedy_equals_single_runs(gen, target):
+    settings = GenerationSettings(target=target, greedy=True, max_new_tokens=40,
+                                  max_audio_seconds=0.02, batch_size=4)
+    batched = gen.generate(docs(PROMPTS), settings)
+    settings.batch_size = 1
+    single = gen.generate(docs(PROMPTS), settings)
+    assert [a.ids for a in batched] == [a.ids for a in single]
+    assert len({len(a.prompt_ids) for a in batched}) == len(PROMPTS)  # different lengths
 
 
-def test_context_limit(model):
-    with pytest.raises(ValueError, match="exceed the context"):
-        generate_tokens(model, list(range(500)), 20)
-    with pytest.raises(ValueError, match="empty"):
-        generate_tokens(model, [], 2)
+def test_seeds_reproduce_and_do_not_depend_on_the_batch(gen):
+    settings = GenerationSettings(target="auto", max_new_tokens=60, seed=5, batch_size=4)
+    a = gen.generate(docs(PROMPTS), settings)
+    b = gen.generate(docs(PROMPTS), settings)
+    assert [x.ids for x in a] == [x.ids for x in b]
+    settings.batch_size = 1
+    c = gen.generate(docs(PROMPTS), settings)
+    assert [x.ids for x in a] == [x.ids for x in c]
+    settings.seed = 6
+    d = gen.generate(docs(PROMPTS), settings)
+    assert [x.ids for x in a] != [x.ids for x in d]
 
 
-def test_top_k_and_top_p_against_reference():
-    torch.manual_seed(0)
-    logits = torch.randn(4, 50)
-    assert torch.equal(sample(logits, top_k=1), logits.argmax(-1))
-    assert torch.equal(sample(logits, top_p=1e-6), logits.argmax(-1))
-    g = torch.Generator().manual_seed(0)
-    draws = torch.stack([sample(logits, top_k=5, generator=g) for _ in range(200)])
-    top5 = logits.topk(5).indices
-    assert all((draws[:, b, None] == top5[b]).any(-1).all() for b in range(4))
-    # top-p keeps the smallest prefix of sorted ids whose mass reaches p
-    probs = logits.softmax(-1)
-    draws = torch.stack([sample(logits, top_p=0.5, generator=g) for _ in range(200)])
-    for b in range(4):
-        order = probs[b].argsort(descending=True)
-        k = int((probs[b][order].cumsum(0) < 0.5).sum()) + 1
-        assert set(draws[:, b].tolist()) <= set(order[:k].tolist())
+def test_guidance_combines_conditional_and_unconditional_logits(gen):
+    scale = 3.0
+    settings = GenerationSettings(target="image", greedy=True, cfg_scale=scale)
+    [answer] = gen.generate(docs(PROMPTS[:1]), settings)
+    assert isinstance(answer.document[0], ImageSegment)
+    # reference: two separate full forwards per step, combined by hand
+    grammar = gen.grammar(settings)
+    state, opening = grammar.start(grammar.image_cost() - 1)
+    cond = list(answer.prompt_ids)
+    uncond = [gen.vocab.special("<bos>"), gen.vocab.special("<uncond>")] + opening
+    expected = []
+    with torch.no_grad():
+        while not state.done:
+            c = gen.model(torch.tensor([cond]))[0, -1].double()
+            u = gen.model(torch.tensor([uncond]))[0, -1].double()
+            logits = u + scale * (c - u) if state.modality == "image" else c
+            logits[~grammar.allowed(state)] = float("-inf")
+            token = int(logits.argmax())
+            grammar.advance(state, token)
+            cond.append(token)
+            uncond.append(token)
+            expected.append(token)
+    assert answer.ids == opening + expected
+
+
+def test_finished_rows_leave_the_batch(gen, monkeypatch):
+    sizes = []
+    forward = gen.model.forward
+
+    def spy(idx, *args, **kwargs):
+        sizes.append(idx.shape[0])
+        return forward(idx, *args, **kwargs)
+
+    monkeypatch.setattr(gen.model, "forward", spy)
+    settings = GenerationSettings(target="text", batch_size=4, seed=1, greedy=True)
+    answers = gen.generate(docs(PROMPTS), settings)  # budgets: the rest of each context
+    lengths = sorted(len(a.ids) for a in answers)
+    assert lengths[0] < lengths[-1]  # rows finished at different steps
+    assert sizes[0] == 4 and sizes[-1] < 4 and sizes == sorted(sizes, reverse=True)
+
+
+def test_context_limits(gen):
+    long = Document([TextSegment("red " * 300)])
+    with pytest.raises(Exception, match="no room|fills the model's context"):
+        gen.generate([long], GenerationSettings(target="image"))
+    with pytest.raises(Exception, match="prompt is empty"):
+        gen.generate([Document([TextSegment("")])], GenerationSettings())

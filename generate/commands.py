@@ -1,0 +1,182 @@
+"""`omnitok generate`: prompts in any mix of text, images and audio; answers as files."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from omnitok import OmnitokError, atomic_write_text
+from omnitok.generate.generator import Answer, GenerationSettings, Generator
+from omnitok.generate.outputs import AnswerStream, write_answer
+from omnitok.generate.prompts import (
+    PromptPart,
+    document_from_parts,
+    documents_from_file,
+    text_document,
+)
+from omnitok.generate.sampling import ModalitySampling
+from omnitok.kernels import describe_backend, resolve_backend
+from omnitok.model.checkpoint import load_checkpoint
+
+Target = Literal["text", "image", "audio", "auto"]
+DType = Literal["auto", "float32", "bfloat16"]
+
+
+def default_checkpoint() -> Path:
+    """The built-in default model shipped with omnitok."""
+    path = Path(__file__).resolve().parent.parent / "default"
+    if not (path / "config.json").exists():
+        raise OmnitokError("no checkpoint given and no built-in default model is installed: "
+                           "pass a checkpoint folder (see `omnitok model init`)")
+    return path
+
+
+def pick_dtype(name: str, device: str) -> torch.dtype:
+    """float32 / bfloat16; `auto` is bfloat16 on CUDA and on CPUs with native bf16 support."""
+    if name != "auto":
+        return getattr(torch, name)
+    if torch.device(device).type == "cuda":
+        return torch.bfloat16
+    supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)()
+    return torch.bfloat16 if supported else torch.float32
+
+
+def generate_command(
+    ckpt: Path | None = None, /, *, prompt: list[PromptPart] | None = None,
+    prompts: Path | None = None, to: Target = "auto", output: Path = Path("out/generate"),
+    stream: bool = False, batch_size: int = 8, max_new_tokens: int | None = None,
+    max_audio_seconds: float = 10.0, sampling: ModalitySampling | None = None,
+    greedy: bool = False, cfg_scale: float = 1.0, cfg_interval: list[float] | None = None,
+    negative_prompt: str | None = None, seed: int = 0,
+    attn: Literal["sdpa", "triton", "flash"] | None = None, dtype: DType = "float32",
+    device: str = "cpu", quiet: bool = False,
+) -> None:
+    """Generate text, images and audio from prompts that mix them, with one model.
+
+    Prompt segments keep their command-line order: `--image photo.png --text "Describe
+    this."` puts the image first. Answers are written to OUTPUT as <stem>_<i>.txt/.png/.wav
+    per segment, plus result.json (files, seed, settings); text is also printed.
+
+    Args:
+        ckpt: checkpoint folder (default: the built-in model).
+        prompt: a text segment (--text), image file (--image) or audio file (--audio).
+        prompts: JSONL file, one prompt document per line (the training manifest's format).
+        to: what to answer with; `auto` lets the model choose (text, images and audio mixed).
+        output: folder for the answers.
+        stream: print text as it is generated and write WAVs while audio is generated.
+        batch_size: prompts decoded together.
+        max_new_tokens: cap on generated ids per answer (default: text 256; image: one image;
+            audio: --max-audio-seconds; auto: the rest of the context).
+        max_audio_seconds: longest audio segment.
+        sampling: per-modality settings: --text.temperature, --image.top-k, --audio.top-p,
+            --text.repetition-penalty, ...
+        greedy: always take the most likely id (temperature 0 everywhere).
+        cfg_scale: classifier-free guidance for image and audio (1 = off; e.g. 3).
+        cfg_interval: two fractions [start end) of each media segment where guidance applies.
+        negative_prompt: text that guidance steers away from (default: the unconditional
+            <uncond> prompt).
+        seed: random seed; prompt i uses seed + i.
+        attn: attention backend (default: triton on CUDA, sdpa on CPU).
+        dtype: weight dtype; auto = bfloat16 where the device supports it.
+        device: cpu or cuda.
+        quiet: no progress bar and no text on stdout.
+    """
+    if prompt and prompts is not None:
+        raise OmnitokError("give prompt segments or --prompts FILE, not both")
+    interval = _interval(cfg_interval)
+    backend = resolve_backend(attn, device)
+    ckpt = ckpt if ckpt is not None else default_checkpoint()
+    torch_dtype = pick_dtype(dtype, device)
+    checkpoint = load_checkpoint(ckpt, device=device, dtype=torch_dtype, attn_backend=backend)
+    gen = Generator(checkpoint)
+    tok = checkpoint.tokenizers
+    docs = (documents_from_file(prompts, tok) if prompts is not None
+            else [document_from_parts(prompt or [], tok)])
+    settings = GenerationSettings(
+        target=to, max_new_tokens=max_new_tokens, max_audio_seconds=max_audio_seconds,
+        sampling=sampling or ModalitySampling(), greedy=greedy, cfg_scale=cfg_scale,
+        cfg_interval=interval, negative_prompt=text_document(negative_prompt), seed=seed,
+        batch_size=batch_size)
+    gen.grammar(settings)  # an impossible target fails before any work
+    stems = ["answer"] if len(docs) == 1 else [f"{i:04d}" for i in range(len(docs))]
+    if not quiet:
+        print(f"{describe_backend(backend, device)}, {str(torch_dtype).removeprefix('torch.')}",
+              file=sys.stderr)
+    t0 = time.perf_counter()
+    answers, streamed = _run(gen, docs, settings, output, stems, stream and not quiet, quiet)
+    elapsed = time.perf_counter() - t0
+    files = [write_answer(tok, a.document, output, stem, streamed)
+             for a, stem in zip(answers, stems)]
+    _write_result(output, ckpt, settings, answers, files, elapsed, backend, torch_dtype)
+    if not quiet:
+        _report(answers, files, elapsed, stream)
+
+
+def _interval(values: list[float] | None) -> tuple[float, float]:
+    if values is None:
+        return (0.0, 1.0)
+    if len(values) != 2 or not 0 <= values[0] < values[1] <= 1:
+        raise OmnitokError(f"--cfg-interval takes two fractions 0 <= start < end <= 1, "
+                           f"got {values}")
+    return (values[0], values[1])
+
+
+def _run(gen: Generator, docs, settings: GenerationSettings, output: Path, stems: list[str],
+         stream: bool, quiet: bool) -> tuple[list[Answer], frozenset[Path]]:
+    """Decode every prompt; with `stream`, follow the single answer as it grows."""
+    from rich.progress import Progress, TextColumn, TimeElapsedColumn
+
+    requests = []
+    sinks = ({0: AnswerStream(gen.tokenizers, output, stems[0])}
+             if stream and len(docs) == 1 else {})
+    columns = [TextColumn("{task.description}"), TextColumn("{task.completed} ids"),
+               TimeElapsedColumn()]
+    try:
+        with Progress(*columns, disable=quiet or bool(sinks), transient=True) as bar:
+            task = bar.add_task(f"generating {len(docs)} answer(s)")
+            for index, token in gen.stream(docs, settings, requests.extend):
+                bar.advance(task)
+                if index in sinks:
+                    sinks[index].push(token)
+    except BaseException:
+        for sink in sinks.values():
+            sink.abort()
+        raise
+    for sink in sinks.values():
+        sink.finish()
+    written = frozenset(p for s in sinks.values() for p in s.written)
+    return [gen.answer(r) for r in requests], written
+
+
+def _write_result(output: Path, ckpt: Path, settings: GenerationSettings,
+                  answers: list[Answer], files: list[list[dict]], elapsed: float,
+                  backend: str, dtype: torch.dtype) -> None:
+    from dataclasses import asdict
+
+    config = asdict(settings)
+    config["negative_prompt"] = (None if settings.negative_prompt is None
+                                 else settings.negative_prompt[0].text)
+    result = {"checkpoint": str(ckpt), "settings": config, "attention": backend,
+              "dtype": str(dtype).removeprefix("torch."), "seconds": round(elapsed, 3),
+              "answers": [{"seed": a.seed, "prompt_ids": len(a.prompt_ids),
+                           "ids": len(a.ids), "files": f} for a, f in zip(answers, files)]}
+    output.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(output / "result.json", json.dumps(result, indent=2) + "\n")
+
+
+def _report(answers: list[Answer], files: list[list[dict]], elapsed: float,
+            streamed: bool) -> None:
+    n = sum(len(a.ids) for a in answers)
+    for entries in files:
+        for entry in entries:
+            if entry["kind"] == "text" and not streamed:
+                print(entry["text"])
+    written = [e["path"] for entries in files for e in entries]
+    print(f"{len(answers)} answer(s), {n} ids in {elapsed:.2f} s "
+          f"({n / max(elapsed, 1e-9):.1f} ids/s); wrote {', '.join(written) or 'nothing'}",
+          file=sys.stderr)

@@ -1,0 +1,175 @@
+"""The generation API: documents in, documents out, for one checkpoint.
+
+    gen = Generator(load_checkpoint("ckpt/"))
+    [answer] = gen.generate([Document([TextSegment("a red circle on a blue background")])],
+                            GenerationSettings(target="image", cfg_scale=3.0))
+    answer.document  # Document([ImageSegment(codes (h, w))])
+
+A prompt is encoded as <bos> + its segments; the target's opening id follows (<boi> for
+`image`, <boa> for `audio`). The unconditional prompt of guidance is <bos> <uncond> + opening,
+or the negative prompt's segments in place of <uncond>. Request i of a call draws from its own
+generator seeded with `seed + i`, so its answer does not depend on the batch it runs in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from omnitok import OmnitokError
+from omnitok.generate.engine import Engine, Guidance, Request
+from omnitok.generate.grammar import Grammar, GrammarError
+from omnitok.generate.sampling import ModalitySampling
+from omnitok.model.checkpoint import Checkpoint
+from omnitok.tokenizers.document import Document
+from omnitok.tokenizers.text import TextTokenizer
+from omnitok.tokenizers.vocab import Modality, Vocab
+
+DEFAULT_TEXT_TOKENS = 256
+
+
+@dataclass
+class GenerationSettings:
+    target: str = "auto"  # text | image | audio | auto
+    max_new_tokens: int | None = None  # None: text 256, image exactly one, audio/auto context
+    max_audio_seconds: float = 10.0
+    sampling: ModalitySampling = field(default_factory=ModalitySampling)
+    greedy: bool = False
+    cfg_scale: float = 1.0  # 1: no guidance
+    cfg_interval: tuple[float, float] = (0.0, 1.0)
+    negative_prompt: Document | None = None
+    seed: int = 0
+    batch_size: int = 8
+
+
+@dataclass
+class Answer:
+    prompt_ids: list[int]
+    ids: list[int]  # the answer: opening ids + generated ids (a trailing <eos> dropped)
+    document: Document
+    seed: int
+
+
+def text_allowed(vocab: Vocab, text: TextTokenizer | None) -> torch.Tensor:
+    """(padded_size,) bool: the text ids worth generating (not control pieces like <unk>)."""
+    mask = torch.zeros(vocab.padded_size, dtype=torch.bool)
+    r = vocab.range(Modality.TEXT)
+    if text is None:
+        mask[r.start:r.stop] = True
+        return mask
+    for i in range(text.vocab_size):
+        piece = text.id_to_piece(i)
+        mask[r.start + i] = not (piece.startswith("<") and piece.endswith(">")
+                                 and not piece.startswith("<0x"))
+    return mask
+
+
+class Generator:
+    def __init__(self, checkpoint: Checkpoint) -> None:
+        self.ckpt = checkpoint
+        self.model, self.tokenizers = checkpoint.model, checkpoint.tokenizers
+        self.vocab = checkpoint.vocab
+        self.codec = self.tokenizers.codec()
+        self._text_ok = text_allowed(self.vocab, self.tokenizers.text)
+
+    # ---- pieces --------------------------------------------------------------------------
+    def image_grid(self) -> tuple[int, int] | None:
+        image = self.tokenizers.image
+        return image.grid if image is not None else None
+
+    def audio_frames(self, seconds: float) -> int:
+        spec = self.vocab.audio
+        return max(1, round(seconds * spec.frame_rate)) if spec is not None else 0
+
+    def grammar(self, settings: GenerationSettings) -> Grammar:
+        return Grammar(self.vocab, text_ok=self._text_ok, image_grid=self.image_grid(),
+                       audio=self.tokenizers.audio is not None, target=settings.target,
+                       max_audio_frames=self.audio_frames(settings.max_audio_seconds))
+
+    def budget(self, grammar: Grammar, settings: GenerationSettings, prompt_len: int) -> int:
+        """New ids a request may take (after its opening ids), checked against the context."""
+        room = self.model.args.max_seq_len - prompt_len
+        need = {"image": lambda: grammar.image_cost() - 1,
+                "audio": lambda: grammar.audio_spec.n_q + 1}.get(settings.target)
+        if need is not None and room < need():
+            raise OmnitokError(f"the prompt takes {prompt_len} of the model's "
+                               f"{self.model.args.max_seq_len} positions: no room for "
+                               f"{need()} more to make the {settings.target}")
+        if room < 1:
+            raise OmnitokError(f"the prompt ({prompt_len} ids) fills the model's context of "
+                               f"{self.model.args.max_seq_len}")
+        if settings.max_new_tokens is not None:
+            return min(room, settings.max_new_tokens)
+        if settings.target == "image":
+            return grammar.image_cost() - 1
+        if settings.target == "audio":
+            spec = grammar.audio_spec
+            return min(room, (grammar.max_audio_frames + spec.n_q - 1) * spec.n_q + 1)
+        return min(room, DEFAULT_TEXT_TOKENS) if settings.target == "text" else room
+
+    def encode_prompt(self, prompt: Document) -> list[int]:
+        if not prompt.normalized().segments:
+            raise OmnitokError("the prompt is empty")
+        return self.codec.encode(prompt, bos=True, eos=False)
+
+    def _uncond(self, settings: GenerationSettings, opening: list[int]) -> list[int]:
+        if settings.negative_prompt is not None:
+            return self.encode_prompt(settings.negative_prompt) + opening
+        if "<uncond>" not in self.vocab.specials:
+            raise OmnitokError("this vocabulary has no <uncond> token for guidance")
+        return [self.vocab.special("<bos>"), self.vocab.special("<uncond>")] + opening
+
+    def requests(self, prompts: Sequence[Document], settings: GenerationSettings,
+                 grammar: Grammar, first_index: int = 0) -> list[Request]:
+        out = []
+        for i, prompt in enumerate(prompts):
+            ids = self.encode_prompt(prompt)
+            budget = self.budget(grammar, settings, len(ids) + (settings.target in
+                                                                 ("image", "audio")))
+            state, opening = grammar.start(budget)
+            uncond = self._uncond(settings, opening) if settings.cfg_scale != 1.0 else None
+            out.append(Request(ids + opening, state, uncond, settings.seed + first_index + i))
+        return out
+
+    def engine(self, settings: GenerationSettings, grammar: Grammar) -> Engine:
+        sampling = settings.sampling.greedy() if settings.greedy else settings.sampling
+        guidance = None
+        if settings.cfg_scale != 1.0:
+            guidance = Guidance(settings.cfg_scale, interval=settings.cfg_interval)
+        return Engine(self.model, grammar, sampling, guidance, self.vocab.special("<pad>"))
+
+    # ---- running -------------------------------------------------------------------------
+    def stream(self, prompts: Sequence[Document], settings: GenerationSettings,
+               on_batch: Callable[[list[Request]], None] | None = None
+               ) -> Iterator[tuple[int, int]]:
+        """(prompt index, id) for every generated id, batch after batch of `batch_size`."""
+        grammar = self.grammar(settings)
+        engine = self.engine(settings, grammar)
+        for start in range(0, len(prompts), settings.batch_size):
+            batch = self.requests(prompts[start:start + settings.batch_size], settings,
+                                  grammar, start)
+            if on_batch is not None:
+                on_batch(batch)
+            for step in engine.run(batch):
+                for i, token in step:
+                    yield start + i, token
+
+    def generate(self, prompts: Sequence[Document], settings: GenerationSettings) -> list[Answer]:
+        """One answer per prompt."""
+        requests: list[Request] = []
+        for _ in self.stream(prompts, settings, requests.extend):
+            pass
+        return [self.answer(r) for r in requests]
+
+    def answer(self, request: Request) -> Answer:
+        opening = request.state.history[:len(request.state.history) - len(request.tokens)]
+        ids = opening + request.tokens
+        if ids and ids[-1] == self.vocab.special("<eos>"):
+            ids = ids[:-1]
+        try:
+            doc = self.codec.decode(ids)
+        except (GrammarError, ValueError) as e:  # a grammar bug, never a user error
+            raise OmnitokError(f"generated ids do not decode: {e}") from e
+        return Answer(request.prompt, ids, doc, request.seed)

@@ -1,0 +1,88 @@
+"""Tiny any-to-any checkpoints (random weights and tokenizers) and a random-logit model."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn as nn
+
+from omnitok.model.checkpoint import save_checkpoint
+from omnitok.model.config import ModelArgs
+from omnitok.model.transformer import Transformer
+from omnitok.tokenizers.audio import AudioTokenizer, AudioTokenizerConfig
+from omnitok.tokenizers.bundle import TokenizerBundle
+from omnitok.tokenizers.image import ImageTokenizer, ImageTokenizerConfig
+from omnitok.tokenizers.vocab import Vocab
+
+
+def tiny_bundle(text_tokenizer, *, image: bool = True, audio: bool = True,
+                pattern: str = "flatten") -> TokenizerBundle:
+    """Random tokenizers: 16x16 images as a 4x4 grid of 32 codes; 2-level audio, 16 kHz."""
+    torch.manual_seed(0)
+    image_tok = audio_tok = None
+    if image:
+        image_tok = ImageTokenizer(ImageTokenizerConfig(
+            image_size=16, downsample=4, codebook_size=32, code_dim=4, channels=8)).eval()
+    if audio:
+        audio_tok = AudioTokenizer(AudioTokenizerConfig(
+            kind="encodec", sample_rate=16000, n_q=2, codebook_size=16, n_filters=4,
+            dimension=8, ratios=(8, 4), lstm=0)).eval()
+    bundle = TokenizerBundle.build(text_tokenizer, image_tok, audio_tok)
+    if audio and pattern != "flatten":
+        spec = dataclasses.replace(bundle.vocab.audio, pattern=pattern)
+        bundle = TokenizerBundle(dataclasses.replace(bundle.vocab, audio=spec), text_tokenizer,
+                                 image_tok, audio_tok)
+    return bundle
+
+
+def tiny_checkpoint(folder, bundle: TokenizerBundle, max_seq_len: int = 256):
+    torch.manual_seed(0)
+    args = ModelArgs.from_name("debug", vocab_size=bundle.vocab.padded_size,
+                               max_seq_len=max_seq_len)
+    return save_checkpoint(folder, Transformer(args).eval(), bundle)
+
+
+@pytest.fixture(scope="session")
+def any_ckpt(tmp_path_factory, text_tokenizer):
+    """Text, image and audio (flatten order) in one checkpoint."""
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "any", tiny_bundle(text_tokenizer))
+
+
+@pytest.fixture(scope="session")
+def delay_ckpt(tmp_path_factory, text_tokenizer):
+    """Like any_ckpt, with audio in the delay order."""
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "delay",
+                           tiny_bundle(text_tokenizer, pattern="delay"))
+
+
+@pytest.fixture(scope="session")
+def text_ckpt(tmp_path_factory, text_tokenizer):
+    """Text only: no image or audio tokenizer (the vocabulary has no media ranges)."""
+    bundle = TokenizerBundle(Vocab(text_size=text_tokenizer.vocab_size), text_tokenizer)
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "text", bundle)
+
+
+class RandomLogits(nn.Module):
+    """A stand-in model whose logits are random: exercises every branch of the grammar."""
+
+    def __init__(self, vocab_size: int, max_seq_len: int = 4096, seed: int = 0) -> None:
+        super().__init__()
+        self.args = ModelArgs(vocab_size=vocab_size, max_seq_len=max_seq_len)
+        self.tok_embeddings = nn.Embedding(1, 1)
+        self.g = torch.Generator().manual_seed(seed)
+        self.rows = 0
+
+    def setup_cache(self, batch_size: int, max_seq_len: int | None = None) -> None:
+        self.rows = batch_size
+
+    def keep_cache_rows(self, rows: torch.Tensor) -> None:
+        self.rows = len(rows)
+
+    def clear_cache(self) -> None:
+        self.rows = 0
+
+    def forward(self, idx: torch.Tensor, input_pos=None, kv_len=None) -> torch.Tensor:
+        assert idx.shape[0] == self.rows
+        return 4 * torch.randn(*idx.shape, self.args.vocab_size, generator=self.g)
