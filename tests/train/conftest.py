@@ -1,0 +1,72 @@
+"""Small corpora for the training-data tests: a demo world with tiny tokenizers, and a
+generated corpus of already encoded documents (no media decoding)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from omnitok.demo.world import build_world
+from omnitok.tokenizers.audio import AudioTokenizer, AudioTokenizerConfig
+from omnitok.tokenizers.bundle import TokenizerBundle
+from omnitok.tokenizers.document import AudioSegment, Document, ImageSegment, TextSegment
+from omnitok.tokenizers.image import ImageTokenizer, ImageTokenizerConfig
+from omnitok.train.encode import token_document
+from omnitok.train.shards import TokenShards, write_shards
+
+N_Q = 2
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory):
+    """3 samples of the shapes-and-speech world: 21 documents in train.jsonl."""
+    out = tmp_path_factory.mktemp("world")
+    build_world(out, n_train=3, n_heldout=0, seed=0, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tok(tmp_path_factory, text_tokenizer):
+    """A tokenizer folder: 8x8 image codes of 64, 2 RVQ levels of 32 at 100 frames/s."""
+    torch.manual_seed(0)
+    image = ImageTokenizer(ImageTokenizerConfig(image_size=32, downsample=4, codebook_size=64,
+                                                code_dim=4, channels=8)).eval()
+    audio = AudioTokenizer(AudioTokenizerConfig(
+        kind="encodec", sample_rate=16000, n_q=N_Q, codebook_size=32, n_filters=4, dimension=8,
+        ratios=(8, 5, 4), lstm=0)).eval()
+    folder = tmp_path_factory.mktemp("tok")
+    TokenizerBundle.build(text_tokenizer, image, audio).save(folder)
+    return folder
+
+
+def random_document(rng: random.Random, words: list[str]) -> Document:
+    """1-4 segments: text of 1-30 words, images of 2x2 .. 8x8 codes, audio of 1-150 frames."""
+    segments = []
+    for _ in range(rng.randint(1, 4)):
+        kind = rng.choice(("text", "image", "audio"))
+        if kind == "text":
+            segments.append(TextSegment(" ".join(rng.choices(words, k=rng.randint(1, 30)))))
+        elif kind == "image":
+            side = rng.randint(2, 8)
+            segments.append(ImageSegment(torch.randint(0, 64, (side, side))))
+        else:
+            segments.append(AudioSegment(torch.randint(0, 32, (N_Q, rng.randint(1, 150)))))
+    return Document(segments)
+
+
+@pytest.fixture(scope="session")
+def codec(tok):
+    return TokenizerBundle.load(tok).codec()
+
+
+@pytest.fixture(scope="session")
+def generated(tmp_path_factory, codec):
+    """A finished shard folder of 600 random documents in 4 shards, and their documents."""
+    rng, words = random.Random(0), "a red circle says hello on blue ground".split()
+    torch.manual_seed(0)
+    docs = [token_document(codec, random_document(rng, words), line=i + 1) for i in range(600)]
+    folder = tmp_path_factory.mktemp("generated")
+    write_shards(folder, codec.vocab, docs, docs_per_shard=160)
+    return TokenShards(folder), docs
