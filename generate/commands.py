@@ -47,12 +47,12 @@ def pick_dtype(name: str, device: str) -> torch.dtype:
 
 
 def generate_command(
-    ckpt: Path | None = None, /, *, prompt: list[PromptPart] | None = None,
+    ckpt: Path | None = None, *, prompt: list[PromptPart] | None = None,
     prompts: Path | None = None, to: Target = "auto", output: Path = Path("out/generate"),
     stream: bool = False, batch_size: int = 8, max_new_tokens: int | None = None,
-    max_audio_seconds: float = 10.0, sampling: ModalitySampling | None = None,
-    greedy: bool = False, cfg_scale: float = 1.0, cfg_interval: list[float] | None = None,
-    negative_prompt: str | None = None, seed: int = 0,
+    max_audio_seconds: float = 10.0, min_audio_seconds: float = 0.0,
+    sampling: ModalitySampling | None = None, greedy: bool = False, cfg_scale: float = 1.0,
+    cfg_interval: list[float] | None = None, negative_prompt: str | None = None, seed: int = 0,
     attn: Literal["sdpa", "triton", "flash"] | None = None, dtype: DType = "float32",
     device: str = "cpu", quiet: bool = False,
 ) -> None:
@@ -73,6 +73,7 @@ def generate_command(
         max_new_tokens: cap on generated ids per answer (default: text 256; image: one image;
             audio: --max-audio-seconds; auto: the rest of the context).
         max_audio_seconds: longest audio segment.
+        min_audio_seconds: shortest audio segment (<eoa> is held back until then).
         sampling: per-modality settings: --text.temperature, --image.top-k, --audio.top-p,
             --text.repetition-penalty, ...
         greedy: always take the most likely id (temperature 0 everywhere).
@@ -99,10 +100,10 @@ def generate_command(
             else [document_from_parts(prompt or [], tok)])
     settings = GenerationSettings(
         target=to, max_new_tokens=max_new_tokens, max_audio_seconds=max_audio_seconds,
-        sampling=sampling or ModalitySampling(), greedy=greedy, cfg_scale=cfg_scale,
-        cfg_interval=interval, negative_prompt=text_document(negative_prompt), seed=seed,
-        batch_size=batch_size)
-    gen.grammar(settings)  # an impossible target fails before any work
+        min_audio_seconds=min_audio_seconds, sampling=sampling or ModalitySampling(),
+        greedy=greedy, cfg_scale=cfg_scale, cfg_interval=interval,
+        negative_prompt=text_document(negative_prompt), seed=seed, batch_size=batch_size)
+    gen.requests(docs, settings, gen.grammar(settings))  # what cannot run fails before any work
     stems = ["answer"] if len(docs) == 1 else [f"{i:04d}" for i in range(len(docs))]
     if not quiet:
         print(f"{describe_backend(backend, device)}, {str(torch_dtype).removeprefix('torch.')}",

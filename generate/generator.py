@@ -35,6 +35,7 @@ class GenerationSettings:
     target: str = "auto"  # text | image | audio | auto
     max_new_tokens: int | None = None  # None: text 256, image exactly one, audio/auto context
     max_audio_seconds: float = 10.0
+    min_audio_seconds: float = 0.0
     sampling: ModalitySampling = field(default_factory=ModalitySampling)
     greedy: bool = False
     cfg_scale: float = 1.0  # 1: no guidance
@@ -86,13 +87,14 @@ class Generator:
     def grammar(self, settings: GenerationSettings) -> Grammar:
         return Grammar(self.vocab, text_ok=self._text_ok, image_grid=self.image_grid(),
                        audio=self.tokenizers.audio is not None, target=settings.target,
-                       max_audio_frames=self.audio_frames(settings.max_audio_seconds))
+                       max_audio_frames=self.audio_frames(settings.max_audio_seconds),
+                       min_audio_frames=self.audio_frames(settings.min_audio_seconds))
 
     def budget(self, grammar: Grammar, settings: GenerationSettings, prompt_len: int) -> int:
         """New ids a request may take (after its opening ids), checked against the context."""
         room = self.model.args.max_seq_len - prompt_len
         need = {"image": lambda: grammar.image_cost() - 1,
-                "audio": lambda: grammar.audio_spec.n_q + 1}.get(settings.target)
+                "audio": lambda: grammar.audio_min_cost() - 1}.get(settings.target)
         if need is not None and room < need():
             raise OmnitokError(f"the prompt takes {prompt_len} of the model's "
                                f"{self.model.args.max_seq_len} positions: no room for "

@@ -130,14 +130,19 @@ class Grammar:
 
     def __init__(self, vocab: Vocab, *, text_ok: torch.Tensor | None = None,
                  image_grid: tuple[int, int] | None = None, audio: bool = False,
-                 target: str = "auto", max_audio_frames: int = 500) -> None:
+                 target: str = "auto", max_audio_frames: int = 500,
+                 min_audio_frames: int = 1) -> None:
         if target not in TARGETS:
             raise GrammarError(f"unknown target {target!r}; choose from {', '.join(TARGETS)}")
         if target == "image" and image_grid is None:
             raise GrammarError("this checkpoint has no image tokenizer: it cannot generate images")
         if target == "audio" and not audio:
             raise GrammarError("this checkpoint has no audio tokenizer: it cannot generate audio")
+        if audio and not 1 <= min_audio_frames <= max_audio_frames:
+            raise GrammarError(f"audio length: need 1 <= minimum ({min_audio_frames} frames) "
+                               f"<= maximum ({max_audio_frames} frames)")
         self.vocab, self.target, self.max_audio_frames = vocab, target, max_audio_frames
+        self.min_audio_frames = min_audio_frames
         self.image_grid = image_grid if vocab.has(Modality.IMAGE) else None
         self.audio_spec = vocab.audio if audio else None
         v = vocab.padded_size
@@ -162,8 +167,8 @@ class Grammar:
         return 4 + h * w
 
     def audio_min_cost(self) -> int:
-        """Ids of the shortest audio segment: <boa>, one frame, <eoa>."""
-        return 2 + self.audio_spec.n_q
+        """Ids of the shortest audio segment: <boa>, `min_audio_frames` frames, <eoa>."""
+        return 2 + self.audio_spec.n_q * self.min_audio_frames
 
     # ---- state ---------------------------------------------------------------------------
     def start(self, remaining: int) -> tuple[RowState, list[int]]:
@@ -212,12 +217,14 @@ class Grammar:
         levels, opens, eoa = cursor.options()
         can_open = (cursor.opened_frames() < self.max_audio_frames
                     and state.remaining >= cursor.closing_cost() + cursor.n_q + 1)
+        short = cursor.opened_frames() < self.min_audio_frames
         mask = self._empty.clone()
         for level in levels:
-            if opens and level == 0 and not can_open:
+            opening = opens and level == 0
+            if (opening and not can_open) or (opens and not opening and short):
                 continue
             mask |= self._levels[level]
-        if eoa:
+        if eoa and not short:
             mask[self.ids["<eoa>"]] = True
         if not mask.any():  # cannot happen while budgets hold: fail loudly, never emit junk
             raise GrammarError("audio segment cannot be closed within the remaining ids")

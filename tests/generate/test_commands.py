@@ -1,0 +1,137 @@
+"""`omnitok generate` end to end on tiny random checkpoints: files, streaming, errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+from PIL import Image
+
+from omnitok.cli import build_parser, main
+from omnitok.generate import outputs
+from omnitok.generate.commands import generate_command
+from omnitok.generate.prompts import PromptPart
+
+
+def run(capsys, *argv):
+    code = main(list(map(str, argv)))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(code, err, pattern):
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("omnitok: error: "), err
+    assert pattern in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("media")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(folder / "in.png")
+    sf.write(folder / "in.wav", 0.1 * rng.standard_normal(1600), 16000)
+    return folder
+
+
+def test_prompt_flags_keep_their_order():
+    parser = build_parser(generate_command, "omnitok generate", "")
+    args = parser.parse_args(["--image", "a.png", "--text", "Describe this.", "--audio",
+                              "b.wav", "--text", "then", "--image.top-k", "7"])
+    assert args.prompt == [PromptPart("image", "a.png"), PromptPart("text", "Describe this."),
+                           PromptPart("audio", "b.wav"), PromptPart("text", "then")]
+    assert vars(args)["image.top_k"] == 7
+
+
+def test_image_answer_and_result(capsys, any_ckpt, media, tmp_path):
+    code, out, err = run(capsys, "generate", any_ckpt, "--image", media / "in.png", "--text",
+                         "what is this", "--to", "image", "-o", tmp_path, "--cfg-scale", "2",
+                         "--image.top-k", "5")
+    assert code == 0, err
+    png = tmp_path / "answer_0.png"
+    assert Image.open(png).size == (16, 16)
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["answers"][0]["files"] == [{"kind": "image", "path": str(png)}]
+    assert result["settings"]["sampling"]["image"]["top_k"] == 5
+    assert result["settings"]["cfg_scale"] == 2.0 and result["answers"][0]["seed"] == 0
+
+
+def test_text_answer_is_printed(capsys, any_ckpt, tmp_path):
+    code, out, err = run(capsys, "generate", any_ckpt, "--text", "a red", "--to", "text",
+                         "--max-new-tokens", "12", "-o", tmp_path, "--seed", "3")
+    assert code == 0, err
+    text = (tmp_path / "answer_0.txt").read_text().rstrip("\n")
+    assert out.strip() == text.strip()
+
+
+def test_same_seed_gives_byte_identical_files(capsys, any_ckpt, tmp_path):
+    outs = []
+    for name in ("a", "b"):
+        code, _, err = run(capsys, "generate", any_ckpt, "--text", "say", "--to", "auto",
+                           "-o", tmp_path / name, "--seed", "11", "--max-new-tokens", "150")
+        assert code == 0, err
+        outs.append({p.name: p.read_bytes() for p in (tmp_path / name).iterdir()
+                     if p.name != "result.json"})
+    assert outs[0] == outs[1] and outs[0]
+
+
+@pytest.mark.parametrize("ckpt", ["any_ckpt", "delay_ckpt"])
+def test_streamed_audio_equals_the_whole_decode(capsys, request, tmp_path, monkeypatch, ckpt):
+    ckpt = request.getfixturevalue(ckpt)
+    monkeypatch.setattr(outputs, "AUDIO_CHUNK_SECONDS", 0.02)  # 10 frames per window
+    monkeypatch.setattr(outputs, "AUDIO_CONTEXT_SECONDS", 0.01)
+    files = []
+    for name, flag in (("plain", "--no-stream"), ("stream", "--stream")):
+        code, _, err = run(capsys, "generate", ckpt, "--text", "speak", "--to", "audio",
+                           "--max-audio-seconds", "0.2",
+                           "--min-audio-seconds", "0.1", "-o", tmp_path / name, flag,
+                           "--seed", "4")
+        assert code == 0, err
+        files.append((tmp_path / name / "answer_0.wav").read_bytes())
+    assert files[0] == files[1]
+    assert sf.info(str(tmp_path / "plain" / "answer_0.wav")).frames > 32 * 30
+
+
+def test_prompt_file_in_batches(capsys, any_ckpt, media, tmp_path):
+    lines = [{"segments": [{"text": "a blue star"}]},
+             {"segments": [{"image": "in.png"}, {"text": "caption:"}]},
+             {"segments": [{"audio": "in.wav"}]}]
+    prompts = media / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    code, _, err = run(capsys, "generate", any_ckpt, "--prompts", prompts, "--to", "text",
+                       "--batch-size", "2", "--max-new-tokens", "8", "-o", tmp_path)
+    assert code == 0, err
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert [a["seed"] for a in result["answers"]] == [0, 1, 2]
+    assert all((tmp_path / f"{i:04d}_0.txt").exists() for i in range(3))
+
+
+def test_bad_input_gives_one_line_and_no_files(capsys, any_ckpt, text_ckpt, media, tmp_path):
+    out = tmp_path / "out"
+    cases = [
+        (("generate", any_ckpt, "--image", media / "nope.png"), "no such image file"),
+        (("generate", text_ckpt, "--image", media / "in.png"), "no image tokenizer"),
+        (("generate", text_ckpt, "--audio", media / "in.wav"), "no audio tokenizer"),
+        (("generate", text_ckpt, "--text", "hi", "--to", "image"), "cannot generate images"),
+        (("generate", any_ckpt, "--text", "red " * 400, "--to", "image"), "positions"),
+        (("generate", any_ckpt, "--text", ""), "prompt is empty"),
+        (("generate", any_ckpt), "no prompt"),
+        (("generate", any_ckpt, "--image", media / "in.wav"), "audio file given as --image"),
+        (("generate", tmp_path / "missing", "--text", "x"), "no such checkpoint"),
+        (("generate", any_ckpt, "--text", "x", "--cfg-interval", "0.5", "0.2"), "cfg-interval"),
+        (("generate", any_ckpt, "--text", "x", "--text.top-p", "0"), "top_p"),
+    ]
+    for argv, pattern in cases:
+        code, _, err = run(capsys, *argv, "-o", out)
+        one_line_error(code, err, pattern)
+        assert not out.exists()
+    bad = media / "bad.jsonl"
+    bad.write_text('{"segments": [{"text": "ok"}]}\n{"segments": [{"image": "../x.png"}]}\n')
+    code, _, err = run(capsys, "generate", any_ckpt, "--prompts", bad, "-o", out)
+    one_line_error(code, err, "bad.jsonl:2")
+    with pytest.raises(SystemExit) as e:
+        main(["generate", str(any_ckpt), "--text", "x", "--bogus"])
+    assert e.value.code == 2
+    assert not out.exists()
