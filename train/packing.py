@@ -2,10 +2,9 @@
 
 An epoch's plan is a pure function of (lengths, spans, seq_len, seed, epoch, dropout): the
 documents are shuffled, edited by dropout (train/transforms.py), documents longer than a row
-are split (below), and the pieces are packed by first fit over a window of the next `window`
-pieces: each row starts with the oldest waiting piece, then takes every later piece in the
-window that still fits. No piece is cut to fill a row, so attention inside a row never
-crosses documents (per-token doc ids) and no image is ever split.
+are split (below), and the pieces are packed by best fit over a window of the next `window`
+pieces (`best_fit`). No piece is cut to fill a row: attention inside a row never crosses
+documents (per-token doc ids) and no image is ever split.
 
 Splitting a document longer than a row: at the last segment boundary that fits; if none fits,
 inside a text segment (any token) or an audio segment (between whole frames); never inside an
@@ -109,37 +108,56 @@ def plan_epoch(lengths: np.ndarray, spans: np.ndarray, offsets: np.ndarray, seq_
     table = np.array(pieces, dtype=np.int64).reshape(-1, 3)
     follows = np.zeros(len(table), dtype=bool)
     follows[1:] = table[1:, 0] == table[:-1, 0]  # a document's pieces are adjacent
-    rows = first_fit(table[:, 2] - table[:, 1], seq_len, window, follows)
+    rows = best_fit(table[:, 2] - table[:, 1], seq_len, window, follows)
     order_in_rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
     row_starts = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64)
     return PackPlan(seq_len, table[order_in_rows], row_starts, edits, skipped, split)
 
 
-def first_fit(lengths: np.ndarray, seq_len: int, window: int,
-              follows: np.ndarray | None = None) -> list[np.ndarray]:
-    """Piece indices of each row: first fit over a sliding window of `window` pieces.
+def best_fit(lengths: np.ndarray, seq_len: int, window: int,
+             follows: np.ndarray | None = None) -> list[np.ndarray]:
+    """Piece indices of each row, packed over a sliding window of the next `window` pieces:
+    a row starts with the oldest waiting piece (so none waits more than `window` rows), then
+    takes the waiting pieces that fill the rest of the row best (`_fill_row`).
 
     follows: (P,) bool, True where a piece continues the previous piece's document; such a
-    piece is only placed after that one, so a split document's pieces stay in order.
+    piece waits until that one is placed, so a split document's pieces stay in order.
     """
-    sizes, rows, pending, nxt = lengths.tolist(), [], [], 0
-    after = follows.tolist() if follows is not None else [False] * len(sizes)
-    placed = [False] * len(sizes)
-    while nxt < len(sizes) or pending:
+    sizes = np.asarray(lengths, dtype=np.int64)
+    follows = np.zeros(len(sizes), bool) if follows is None else follows
+    placed = np.zeros(len(sizes), dtype=bool)
+    rows, pending, nxt = [], np.zeros(0, dtype=np.int64), 0
+    while nxt < len(sizes) or len(pending):
         take = min(window - len(pending), len(sizes) - nxt)
-        pending += range(nxt, nxt + take)
+        pending = np.concatenate([pending, np.arange(nxt, nxt + take)])  # ascending
         nxt += take
-        free, row, rest = seq_len, [], []
-        for k in pending:
-            if sizes[k] <= free and not (after[k] and not placed[k - 1]):
-                row.append(k)
-                placed[k] = True
-                free -= sizes[k]
-            else:
-                rest.append(k)
-        rows.append(np.array(row, dtype=np.int64))
-        pending = rest
+        row = _fill_row(pending, sizes[pending], seq_len, follows[pending], placed)
+        placed[row] = True
+        rows.append(row)
+        pending = pending[~placed[pending]]
     return rows
+
+
+def _fill_row(pending: np.ndarray, sizes: np.ndarray, seq_len: int, follows: np.ndarray,
+              placed: np.ndarray) -> np.ndarray:
+    """Pieces for one row out of `pending` (ascending piece indices): the oldest, then the
+    subset of the other ready ones that fills the rest of the row best (exact subset sum over
+    a bitset; among equal fills the older pieces win)."""
+    free = seq_len - int(sizes[0])
+    ready = ~follows | placed[np.maximum(pending - 1, 0)]
+    ready[0] = False
+    cand = np.flatnonzero(ready & (sizes <= free))
+    lengths = sizes[cand].tolist()
+    reach, history, mask = 1, [], (1 << (free + 1)) - 1  # bit t: t tokens reachable
+    for n in lengths:
+        history.append(reach)
+        reach = (reach | (reach << n)) & mask
+    t, taken = reach.bit_length() - 1, []
+    for j in range(len(cand) - 1, -1, -1):
+        if not (history[j] >> t) & 1:  # t needs piece j
+            taken.append(cand[j])
+            t -= lengths[j]
+    return pending[[0, *taken[::-1]]]
 
 
 def cut_points(spans: np.ndarray, length: int, n_q: int) -> tuple[np.ndarray, np.ndarray]:

@@ -188,9 +188,10 @@ def run_jobs(encoder: DocumentEncoder, jobs: Iterator[ShardJob], workers: int) -
             yield from (encode_shard(encoder, job) for job in jobs)
         return
     init = (encoder.folder, encoder.strict, encoder.name)
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
-                             initargs=init) as pool:
-        pending: set = set()
+    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
+                               initializer=_init_worker, initargs=init)
+    pending: set = set()
+    try:
         for job in jobs:
             pending.add(pool.submit(_encode_job, job))
             if len(pending) >= 2 * workers:
@@ -199,6 +200,8 @@ def run_jobs(encoder: DocumentEncoder, jobs: Iterator[ShardJob], workers: int) -
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             yield from (f.result() for f in done)
+    finally:  # on an error or Ctrl-C, drop the queued shards (finished ones stay)
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _init_worker(folder: Path, strict: bool, name: str) -> None:

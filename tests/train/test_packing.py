@@ -158,3 +158,22 @@ def test_special_tokens_are_kept(generated):
     data, _ = generated
     spans, _ = data.span_table()
     assert set(np.unique(spans[:, 0])) <= {TEXT, IMAGE, AUDIO, SPECIAL}
+
+
+def test_packed_rows_give_each_document_its_own_logits(generated):
+    from omnitok.model.config import ModelArgs
+    from omnitok.model.transformer import Transformer
+
+    data, docs = generated
+    torch.manual_seed(0)
+    model = Transformer(ModelArgs.from_name("debug", vocab_size=data.vocab.padded_size)).eval()
+    ds = PackedDataset(data, 256, seed=0)
+    batch = next(iter(DataLoader(ds, batch_size=2, sampler=ResumableSampler(ds, epochs=1))))
+    with torch.no_grad():
+        packed = model(batch["ids"], doc_ids=batch["doc_ids"])  # (2, 256, V)
+        for b in range(2):
+            pos = 0
+            for doc, a, c in ds.plan(0).row(b).tolist():
+                alone = model(torch.as_tensor(docs[doc].ids[a:c])[None])[0]
+                assert torch.allclose(packed[b, pos:pos + c - a], alone, atol=1e-5)
+                pos += c - a
