@@ -90,6 +90,8 @@ def tokenize_corpus(manifest: Path, tokenizer: Path, out: Path, *, workers: int 
     summary = _write_index(out, settings, metas, stats)
     summary.written = sum(m.get("written", True) for m in metas.values())
     summary.seconds = time.perf_counter() - start
+    if not summary.documents:
+        raise PretokenizeError(f"{manifest}: no usable documents ({summary.line()})")
     return summary
 
 

@@ -112,6 +112,8 @@ def test_bad_input_is_counted_and_skipped(bad_corpus, tok, tmp_path):
     with pytest.raises(ManifestError, match="m.jsonl:2: missing file"):
         tokenize_corpus(bad_corpus, tok, tmp_path / "strict", strict=True, progress=False)
     bad_corpus.write_text(json.dumps([{"text": "ok"}, {"image": "images/broken.png"}]) + "\n")
+    with pytest.raises(PretokenizeError, match="no usable documents.*1 unreadable image"):
+        tokenize_corpus(bad_corpus, tok, tmp_path / "none", progress=False)
     with pytest.raises(BadDocument, match="m.jsonl:1: unreadable image"):
         tokenize_corpus(bad_corpus, tok, tmp_path / "strict", strict=True, progress=False)
 
