@@ -75,6 +75,8 @@ COMMANDS: dict = {
     },
     "bench": {
         "_help": "Measure throughput.",
+        "generate": ("omnitok.generate.bench:bench_generate",
+                     "Decode speed per batch size, side by side with transformers."),
         "kernels": ("omnitok.kernels.bench:bench_kernels",
                     "Time the attention backends (TFLOP/s); on CPU only correctness applies."),
     },

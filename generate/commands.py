@@ -54,7 +54,7 @@ def generate_command(
     sampling: ModalitySampling | None = None, greedy: bool = False, cfg_scale: float = 1.0,
     cfg_interval: list[float] | None = None, negative_prompt: str | None = None, seed: int = 0,
     attn: Literal["sdpa", "triton", "flash"] | None = None, dtype: DType = "float32",
-    device: str = "cpu", quiet: bool = False,
+    device: str = "cpu", compile: bool = False, quiet: bool = False,
 ) -> None:
     """Generate text, images and audio from prompts that mix them, with one model.
 
@@ -85,6 +85,8 @@ def generate_command(
         attn: attention backend (default: triton on CUDA, sdpa on CPU).
         dtype: weight dtype; auto = bfloat16 where the device supports it.
         device: cpu or cuda.
+        compile: compile the decode step with torch.compile (pays off for long or many
+            generations: the first step of each batch shape takes tens of seconds).
         quiet: no progress bar and no text on stdout.
     """
     if prompt and prompts is not None:
@@ -94,7 +96,7 @@ def generate_command(
     ckpt = ckpt if ckpt is not None else default_checkpoint()
     torch_dtype = pick_dtype(dtype, device)
     checkpoint = load_checkpoint(ckpt, device=device, dtype=torch_dtype, attn_backend=backend)
-    gen = Generator(checkpoint)
+    gen = Generator(checkpoint, compile=compile)
     tok = checkpoint.tokenizers
     docs = (documents_from_file(prompts, tok) if prompts is not None
             else [document_from_parts(prompt or [], tok)])

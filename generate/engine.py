@@ -56,15 +56,30 @@ class Request:
     tokens: list[int] = field(default_factory=list)  # generated so far
 
 
+def compiled_decode_step(model: Transformer):
+    """`model`'s one-token decode step through torch.compile (compiled once per model and
+    shape: the first steps of a new batch size or cache length pay the compile time)."""
+    step = getattr(model, "_compiled_decode_step", None)
+    if step is None:
+        def decode(tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+            return model(tokens, input_pos=pos)[:, -1]
+
+        step = torch.compile(decode, dynamic=False)
+        object.__setattr__(model, "_compiled_decode_step", step)
+    return step
+
+
 class Engine:
     """Runs requests through `model` with a grammar, sampling settings and optional guidance."""
 
     def __init__(self, model: Transformer, grammar: Grammar, sampling: ModalitySampling,
-                 guidance: Guidance | None = None, pad_id: int = 0) -> None:
+                 guidance: Guidance | None = None, pad_id: int = 0,
+                 compile: bool = False) -> None:
         self.model, self.grammar, self.sampling = model, grammar, sampling
         self.guidance = guidance if guidance is not None and guidance.scale != 1.0 else None
         self.pad_id = pad_id
         self.device = model.tok_embeddings.weight.device
+        self.compiled = compiled_decode_step(model) if compile else None
 
     def max_len(self, requests: Sequence[Request]) -> int:
         """Cache length these requests need: the longest prompt plus its token budget."""
@@ -83,43 +98,55 @@ class Engine:
         if total > self.model.args.max_seq_len:
             raise OmnitokError(f"prompt + answer need {total} positions; the model's context "
                                f"is {self.model.args.max_seq_len}")
-        prompts = [r.prompt for r in requests]
-        if guided:
-            prompts += [r.uncond_prompt for r in requests]
+        n_rows = len(requests) * (2 if guided else 1)
         generators = [torch.Generator(self.device).manual_seed(r.seed) if r.seed is not None
                       else None for r in requests]
         seen = torch.zeros(len(requests), self.model.args.vocab_size, dtype=torch.bool,
                            device=self.device)
         for i, r in enumerate(requests):
             seen[i, torch.tensor(r.prompt, device=self.device)] = True
-        self.model.setup_cache(len(prompts), total)
+        self.model.setup_cache(n_rows, total)
         try:
-            logits, pos = self._prefill(prompts)
-            alive = [i for i, r in enumerate(requests) if not r.state.done]
-            keep = torch.tensor(alive + ([i + len(requests) for i in alive] if guided else []),
-                                dtype=torch.long)
-            if len(alive) < len(requests):
-                logits, pos = self._compact(keep, logits, pos)
-            while alive:
-                step, tokens = self._step(requests, alive, logits, seen[alive],
-                                          [generators[i] for i in alive])
-                seen[alive, tokens] = True
-                yield step
-                still = [j for j, i in enumerate(alive) if not requests[i].state.done]
-                if len(still) < len(alive):
-                    n = len(alive)
-                    rows = still + ([j + n for j in still] if guided else [])
-                    keep = torch.tensor(rows, dtype=torch.long)
-                    alive = [alive[j] for j in still]
-                    tokens = tokens[still]
-                    logits, pos = self._compact(keep, logits, pos)
-                if not alive:
-                    break
-                feed = torch.cat([tokens, tokens]) if guided else tokens
-                logits = self._forward(feed[:, None], pos[:, None])
-                pos = pos + 1
+            yield from self._loop(requests, generators, seen)
         finally:
             self.model.clear_cache()
+
+    def _rows(self, live: list[int], n: int) -> list[int]:
+        """Cache rows of batch positions `live` (their guidance rows follow the n cond rows)."""
+        return live + [j + n for j in live] if self.guidance is not None else live
+
+    def _loop(self, requests: Sequence[Request], generators: list[torch.Generator | None],
+              seen: torch.Tensor) -> Iterator[list[tuple[int, int]]]:
+        prompts = [r.prompt for r in requests]
+        if self.guidance is not None:
+            prompts += [r.uncond_prompt for r in requests]
+        logits, pos = self._prefill(prompts)
+        batch = list(range(len(requests)))  # the request in each (conditional) cache row
+        while True:
+            live = [j for j, i in enumerate(batch) if not requests[i].state.done]
+            if not live:
+                return
+            if len(live) < len(batch) and self.compiled is None:  # finished rows leave
+                keep = torch.tensor(self._rows(live, len(batch)), device=self.device)
+                self.model.keep_cache_rows(keep)
+                logits, pos = logits[keep], pos[keep]
+                batch, live = [batch[j] for j in live], list(range(len(live)))
+            ids = [batch[j] for j in live]
+            rows = torch.tensor(self._rows(live, len(batch)), device=self.device)
+            step, tokens = self._step(requests, ids, logits[rows], seen[ids],
+                                      [generators[i] for i in ids])
+            seen[ids, tokens] = True
+            yield step
+            if all(requests[i].state.done for i in ids):
+                return
+            going = torch.zeros(len(batch), dtype=torch.long, device=self.device)
+            going[live] = 1
+            feed = torch.full((len(batch),), self.pad_id, dtype=torch.long, device=self.device)
+            feed[live] = tokens
+            if self.guidance is not None:
+                feed, going = torch.cat([feed, feed]), torch.cat([going, going])
+            logits = self._forward(feed[:, None], pos[:, None])
+            pos = pos + going  # a finished row (kept for static shapes) stays where it is
 
     def _prefill(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits at each prompt's last id (R, V) and each row's next position (R,)."""
@@ -135,12 +162,9 @@ class Engine:
         return logits[torch.arange(len(prompts)), lengths - 1], lengths
 
     def _forward(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        if self.compiled is not None:  # static shapes: the whole cache, every row
+            return self.compiled(tokens, pos)
         return self.model(tokens, input_pos=pos, kv_len=int(pos.max()) + 1)[:, -1]
-
-    def _compact(self, keep: torch.Tensor, logits: torch.Tensor,
-                 pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self.model.keep_cache_rows(keep.to(self.device))
-        return logits[keep], pos[keep]
 
     def _step(self, requests: Sequence[Request], alive: list[int], logits: torch.Tensor,
               seen: torch.Tensor, generators: list[torch.Generator | None]

@@ -68,9 +68,14 @@ def text_allowed(vocab: Vocab, text: TextTokenizer | None) -> torch.Tensor:
 
 
 class Generator:
-    def __init__(self, checkpoint: Checkpoint) -> None:
-        self.ckpt = checkpoint
+    """Generation with one checkpoint. On the CPU its linear layers are packed for oneDNN
+    (`pack=False` keeps torch's default path); `compile` compiles the decode step."""
+
+    def __init__(self, checkpoint: Checkpoint, *, pack: bool = True,
+                 compile: bool = False) -> None:
+        self.ckpt, self.compile = checkpoint, compile
         self.model, self.tokenizers = checkpoint.model, checkpoint.tokenizers
+        self.packed = pack and self.model.pack_linears()
         self.vocab = checkpoint.vocab
         self.codec = self.tokenizers.codec()
         self._text_ok = text_allowed(self.vocab, self.tokenizers.text)
@@ -140,7 +145,8 @@ class Generator:
         guidance = None
         if settings.cfg_scale != 1.0:
             guidance = Guidance(settings.cfg_scale, interval=settings.cfg_interval)
-        return Engine(self.model, grammar, sampling, guidance, self.vocab.special("<pad>"))
+        return Engine(self.model, grammar, sampling, guidance, self.vocab.special("<pad>"),
+                      compile=self.compile)
 
     # ---- running -------------------------------------------------------------------------
     def stream(self, prompts: Sequence[Document], settings: GenerationSettings,

@@ -131,7 +131,7 @@ class Grammar:
     def __init__(self, vocab: Vocab, *, text_ok: torch.Tensor | None = None,
                  image_grid: tuple[int, int] | None = None, audio: bool = False,
                  target: str = "auto", max_audio_frames: int = 500,
-                 min_audio_frames: int = 1) -> None:
+                 min_audio_frames: int = 1, allow_eos: bool = True) -> None:
         if target not in TARGETS:
             raise GrammarError(f"unknown target {target!r}; choose from {', '.join(TARGETS)}")
         if target == "image" and image_grid is None:
@@ -142,7 +142,7 @@ class Grammar:
             raise GrammarError(f"audio length: need 1 <= minimum ({min_audio_frames} frames) "
                                f"<= maximum ({max_audio_frames} frames)")
         self.vocab, self.target, self.max_audio_frames = vocab, target, max_audio_frames
-        self.min_audio_frames = min_audio_frames
+        self.min_audio_frames, self.allow_eos = min_audio_frames, allow_eos
         self.image_grid = image_grid if vocab.has(Modality.IMAGE) else None
         self.audio_spec = vocab.audio if audio else None
         v = vocab.padded_size
@@ -204,7 +204,7 @@ class Grammar:
 
     def _text_mask(self, state: RowState) -> torch.Tensor:
         mask = self._text.clone()
-        mask[self.ids["<eos>"]] = True
+        mask[self.ids["<eos>"]] = self.allow_eos  # False: run to the budget (benchmarks)
         if self.target == "auto":
             if self.image_grid and state.remaining >= self.image_cost():
                 mask[self.ids["<boi>"]] = True

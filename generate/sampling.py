@@ -73,7 +73,7 @@ def sample_rows(logits: torch.Tensor, params: Sequence[SamplingParams], *,
     """
     b, v = logits.shape
     logits = logits.float()
-    if seen is not None:
+    if seen is not None and any(p.repetition_penalty != 1 for p in params):
         penalty = torch.tensor([p.repetition_penalty for p in params])
         logits = apply_repetition_penalty(logits, seen, penalty.to(logits.device))
     if allowed is not None:

@@ -14,8 +14,24 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from omnitok import kernels
+from omnitok.kernels import packed_linear
 from omnitok.model.config import ModelArgs, RopeScaling
 from omnitok.model.kv_cache import KVCache
+
+
+class Linear(nn.Linear):
+    """nn.Linear (no bias) that multiplies by a oneDNN-packed copy of its weight after
+    `Transformer.pack_linears`, when no gradient is needed: faster CPU decoding."""
+
+    packed: bool = False
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__(in_features, out_features, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed and x.dtype == self.weight.dtype and not torch.is_grad_enabled():
+            return packed_linear.linear(x, self.weight)
+        return F.linear(x, self.weight)
 
 
 class RMSNorm(nn.Module):
@@ -59,9 +75,8 @@ class Attention(nn.Module):
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
-        self.wqkv = nn.Linear(args.dim, (args.n_heads + 2 * args.n_kv_heads) * args.head_dim,
-                              bias=False)
-        self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
+        self.wqkv = Linear(args.dim, (args.n_heads + 2 * args.n_kv_heads) * args.head_dim)
+        self.wo = Linear(args.n_heads * args.head_dim, args.dim)
         self.q_norm = RMSNorm(args.head_dim, args.norm_eps) if args.qk_norm else None
         self.k_norm = RMSNorm(args.head_dim, args.norm_eps) if args.qk_norm else None
         self.kv_cache: KVCache | None = None
@@ -92,8 +107,8 @@ class Attention(nn.Module):
 class FeedForward(nn.Module):
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
-        self.w13 = nn.Linear(args.dim, 2 * args.intermediate_size, bias=False)  # gate | up
-        self.w2 = nn.Linear(args.intermediate_size, args.dim, bias=False)
+        self.w13 = Linear(args.dim, 2 * args.intermediate_size)  # gate | up
+        self.w2 = Linear(args.intermediate_size, args.dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.w13(x).chunk(2, dim=-1)
@@ -124,7 +139,7 @@ class Transformer(nn.Module):
         self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
         self.layers = nn.ModuleList(Block(args) for _ in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
-        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        self.output = Linear(args.dim, args.vocab_size)
         if args.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
         self.register_buffer("rope", rope_cache(args), persistent=False)
@@ -140,6 +155,23 @@ class Transformer(nn.Module):
     def reset_rope(self) -> None:
         """Recompute the RoPE table (after building on the meta device, or changing args)."""
         self.rope = rope_cache(self.args, self.tok_embeddings.weight.device)
+
+    # ---- inference ---------------------------------------------------------------------
+    def pack_linears(self, batch_hint: int = 1) -> bool:
+        """Attach oneDNN-packed weights to every linear layer (CPU inference; see
+        kernels/packed_linear.py). False where unsupported. Repack after changing weights."""
+        linears = [m for m in self.modules() if isinstance(m, Linear)]
+        if not all(packed_linear.supports(m.weight) for m in linears):
+            return False
+        for module in linears:
+            module.packed = packed_linear.pack(module.weight, batch_hint)
+        return True
+
+    def unpack_linears(self) -> None:
+        for module in self.modules():
+            if isinstance(module, Linear) and module.packed:
+                packed_linear.unpack(module.weight)
+                module.packed = False
 
     # ---- KV cache ------------------------------------------------------------------------
     def setup_cache(self, batch_size: int, max_seq_len: int | None = None,

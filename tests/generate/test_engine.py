@@ -116,3 +116,11 @@ def test_context_limits(gen):
         gen.generate([long], GenerationSettings(target="image"))
     with pytest.raises(Exception, match="prompt is empty"):
         gen.generate([Document([TextSegment("")])], GenerationSettings())
+
+
+def test_compiled_decode_step_gives_the_eager_answers(any_ckpt):
+    settings = GenerationSettings(target="auto", greedy=True, max_new_tokens=24, batch_size=2)
+    eager = Generator(load_checkpoint(any_ckpt)).generate(docs(PROMPTS[:2]), settings)
+    compiled = Generator(load_checkpoint(any_ckpt), compile=True).generate(docs(PROMPTS[:2]),
+                                                                          settings)
+    assert [a.ids for a in eager] == [a.ids for a in compiled]
