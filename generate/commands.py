@@ -53,7 +53,7 @@ def generate_command(
     max_audio_seconds: float = 10.0, min_audio_seconds: float = 0.0,
     sampling: ModalitySampling | None = None, greedy: bool = False, cfg_scale: float = 1.0,
     cfg_interval: list[float] | None = None, negative_prompt: str | None = None, seed: int = 0,
-    attn: Literal["sdpa", "triton", "flash"] | None = None, dtype: DType = "float32",
+    attn: Literal["sdpa", "triton", "flash"] | None = None, dtype: DType = "auto",
     device: str = "cpu", compile: bool = False, quiet: bool = False,
 ) -> None:
     """Generate text, images and audio from prompts that mix them, with one model.

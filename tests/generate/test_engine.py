@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from omnitok.generate.generator import GenerationSettings, Generator
+from omnitok.generate.sampling import ModalitySampling, SamplingParams
 from omnitok.model.checkpoint import load_checkpoint
 from omnitok.tokenizers.document import Document, ImageSegment, TextSegment
 
@@ -124,3 +125,16 @@ def test_compiled_decode_step_gives_the_eager_answers(any_ckpt):
     compiled = Generator(load_checkpoint(any_ckpt), compile=True).generate(docs(PROMPTS[:2]),
                                                                           settings)
     assert [a.ids for a in eager] == [a.ids for a in compiled]
+
+
+@pytest.mark.parametrize("target", ["text", "image", "audio", "auto"])
+def test_a_thousand_answers_of_the_untrained_model_decode(gen, target):
+    hot = ModalitySampling(*[SamplingParams(1.5, 0, 1.0, 1.0)] * 3)
+    settings = GenerationSettings(target=target, max_new_tokens=60, max_audio_seconds=0.04,
+                                  sampling=hot, batch_size=250, seed=len(target))
+    answers = gen.generate(docs(["a"] * 1000), settings)  # each answer decoded by the codec
+    kinds = {type(s).__name__ for a in answers for s in a.document}
+    expected = {"text": {"TextSegment"}, "image": {"ImageSegment"},
+                "audio": {"AudioSegment"}}.get(target, {"TextSegment", "ImageSegment",
+                                                        "AudioSegment"})
+    assert kinds == expected
