@@ -48,6 +48,8 @@ COMMANDS: dict = {
     },
     "tokenize": ("omnitok.train.commands:tokenize_command",
                  "Pre-tokenize a corpus manifest into shards of unified-vocabulary ids."),
+    "train": ("omnitok.train.commands:train_command",
+              "Train (or fine-tune, or resume) the model on pre-tokenized shards."),
     "tokenizer": {
         "_help": "Train and inspect tokenizers.",
         "train": {

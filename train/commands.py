@@ -1,8 +1,10 @@
-"""`omnitok tokenize`: pre-tokenize a corpus manifest into shards (train/pretokenize.py)."""
+"""`omnitok tokenize`: pre-tokenize a corpus manifest into shards (train/pretokenize.py);
+`omnitok train`: train the model on them (train/run.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 
 def tokenize_command(manifest: Path, *, tokenizer: Path, out: Path, workers: int = 1,
@@ -30,3 +32,98 @@ def tokenize_command(manifest: Path, *, tokenizer: Path, out: Path, workers: int
     print(summary.line())
     for reason, example in sorted(summary.examples.items()):
         print(f"  skipped ({reason}), e.g. {example}")
+
+
+Precision = Literal["32", "bf16"]
+Strategy = Literal["auto", "ddp", "fsdp"]
+Freeze = Literal["backbone", "embeddings", "text"]
+
+
+def train_command(*, data: Path, out: Path, model: str | None = None, init: Path | None = None,
+                  resume: bool = False, tokenizer: Path | None = None, max_steps: int = 1000,
+                  batch_size: int = 8, seq_len: int = 512, accumulate: int = 1,
+                  lr: float = 3e-4, min_lr: float = 3e-5, warmup_steps: int = 100,
+                  weight_decay: float = 0.1, grad_clip: float = 1.0,
+                  z_loss: float | None = None, precision: Precision = "32",
+                  compile: bool = False, activation_checkpointing: bool = False,
+                  freeze: list[Freeze] | None = None, condition_dropout: float = 0.0,
+                  modality_dropout: float = 0.0, text_weight: float = 1.0,
+                  image_weight: float = 1.0, audio_weight: float = 1.0,
+                  special_weight: float = 1.0, audio_levels: list[float] | None = None,
+                  seed: int = 0, checkpoint_every: int = 500, keep_checkpoints: int = 2,
+                  log_every: int = 10, devices: int = 1, num_nodes: int = 1,
+                  strategy: Strategy = "auto", accelerator: str = "auto", workers: int = 0,
+                  threads: int | None = None, attn: str | None = None,
+                  progress: bool = True) -> None:
+    """Train the unified model on pre-tokenized shards (or fine-tune, or resume a run).
+
+    Writes OUT/train.json (settings), OUT/metrics.csv (loss and accuracy per modality),
+    OUT/curves.png (drawn at the end), OUT/checkpoints/step-N/ every --checkpoint-every steps
+    (omnitok checkpoints plus optimizer and data-order state) and OUT/last (the newest).
+
+    Args:
+        data: shard folder made by `omnitok tokenize`.
+        out: run folder.
+        model: model preset (debug, tiny, small, ...); default tiny, or the --init checkpoint's.
+        init: omnitok checkpoint to start from (fine-tuning; e.g. from `omnitok convert hf`).
+        resume: continue the run in --out from its last checkpoint (same data order, same curve).
+        tokenizer: tokenizer folder to save with every checkpoint (default: --init's, or the
+            vocabulary only).
+        max_steps: optimizer steps of the whole run (the cosine schedule ends there).
+        batch_size: packed rows per device per micro-batch.
+        seq_len: row length in tokens.
+        accumulate: micro-batches per optimizer step (gradient accumulation).
+        lr: peak learning rate (AdamW).
+        min_lr: learning rate at the end of the cosine.
+        warmup_steps: linear warmup steps.
+        weight_decay: AdamW weight decay of matrices (not norms, not row-frozen tensors).
+        grad_clip: clip the gradient norm to this (0: no clipping).
+        z_loss: weight of the z-loss (log Z)^2 (default: the model config's).
+        precision: 32 (float32) or bf16 (bfloat16 autocast, float32 weights).
+        compile: torch.compile the model.
+        activation_checkpointing: recompute each block's activations in the backward pass.
+        freeze: keep weights fixed: backbone (blocks + final norm), embeddings (input
+            embedding + head), text (everything except the embedding and head rows of
+            non-text ids).
+        condition_dropout: probability of replacing a document's conditioning segments by
+            <uncond> (classifier-free guidance).
+        modality_dropout: probability of dropping each non-target segment.
+        text_weight: loss weight of text targets.
+        image_weight: loss weight of image-code targets.
+        audio_weight: loss weight of audio-code targets.
+        special_weight: loss weight of <eos>, image/audio markers and grid tokens.
+        audio_levels: extra loss weight per RVQ level (one number per level).
+        seed: seed of the initial weights, the data order and dropout.
+        checkpoint_every: steps between checkpoints.
+        keep_checkpoints: how many step checkpoints to keep.
+        log_every: steps per row of metrics.csv (the row averages them).
+        devices: devices (processes) per node.
+        num_nodes: nodes.
+        strategy: auto (one device; DDP for more), ddp or fsdp.
+        accelerator: auto, cpu or gpu.
+        workers: DataLoader worker processes per device.
+        threads: torch threads per process (default: torch's choice).
+        attn: attention backend (sdpa, triton, flash; default: the device's).
+        progress: show a progress bar.
+    """
+    from omnitok.train.config import TrainConfig
+    from omnitok.train.run import is_rank_zero, train
+
+    weights = {"text": text_weight, "image": image_weight, "audio": audio_weight,
+               "special": special_weight}
+    config = TrainConfig(
+        data=str(data), out=str(out), model=model, init=str(init) if init else None,
+        resume=resume, tokenizer=str(tokenizer) if tokenizer else None, max_steps=max_steps,
+        batch_size=batch_size, seq_len=seq_len, accumulate=accumulate, lr=lr, min_lr=min_lr,
+        warmup_steps=warmup_steps, weight_decay=weight_decay, grad_clip=grad_clip,
+        z_loss=z_loss, precision=precision, compile=compile,
+        activation_checkpointing=activation_checkpointing, freeze=list(freeze or []),
+        condition_dropout=condition_dropout, modality_dropout=modality_dropout,
+        loss_weights=weights, audio_levels=list(audio_levels or []), seed=seed,
+        checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
+        log_every=log_every, devices=devices, num_nodes=num_nodes, strategy=strategy,
+        accelerator=accelerator, workers=workers, threads=threads, progress=progress,
+        attn=attn)
+    summary = train(config)
+    if is_rank_zero():
+        print("\n".join(summary.lines()))

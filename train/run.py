@@ -1,0 +1,225 @@
+"""One training run from a TrainConfig: where the weights come from (a preset, `--init`, or
+the run's last checkpoint with `--resume`), the Lightning Trainer, and the summary.
+
+Under a multi-process strategy Lightning starts the other ranks by running the same command
+again; only global rank 0 checks and writes the run folder (`is_rank_zero`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from omnitok import OmnitokError
+from omnitok.model.checkpoint import load_checkpoint
+from omnitok.model.config import ModelArgs
+from omnitok.model.transformer import Transformer
+from omnitok.tokenizers.bundle import TokenizerBundle
+from omnitok.train.callbacks import CURVES
+from omnitok.train.config import (
+    PRECISIONS,
+    TrainConfig,
+    TrainConfigError,
+    check_resume,
+    save_config,
+)
+from omnitok.train.logs import METRICS, truncate_log
+from omnitok.train.objective import GROUPS
+from omnitok.train.shards import TokenShards
+from omnitok.train.state import (
+    LAST,
+    TrainState,
+    check_checkpoint_vocab,
+    latest_checkpoint,
+    load_train_state,
+)
+
+ARCHITECTURE = ("dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "intermediate_size",
+                "qk_norm", "tie_embeddings")
+RUN_CONFIG = "train.json"
+
+
+class TrainError(OmnitokError):
+    """A run folder, data folder or checkpoint that this run cannot use."""
+
+
+@dataclass
+class Start:
+    """Where a run starts: its model, tokenizers, state and optimizer state (when resuming)."""
+
+    model: Transformer
+    tokenizers: TokenizerBundle
+    state: TrainState
+    optimizer: dict | None = None
+    source: str = "preset"
+
+
+def is_rank_zero() -> bool:
+    """False in the processes Lightning starts for the other ranks and nodes."""
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+
+
+def open_shards(folder: str) -> TokenShards:
+    if not Path(folder).is_dir():
+        raise TrainError(f"{folder}: no such shard folder (make one with `omnitok tokenize`)")
+    return TokenShards(folder)
+
+
+def model_args(config: TrainConfig, vocab_size: int) -> ModelArgs:
+    """A preset's ModelArgs for a fresh model, long enough for `config.seq_len`."""
+    args = ModelArgs.from_name(config.model or "tiny", vocab_size=vocab_size)
+    return args.replace(max_seq_len=max(args.max_seq_len, config.seq_len))
+
+
+def check_architecture(args: ModelArgs, config: TrainConfig, source: str) -> None:
+    """A checkpoint must hold the preset asked for (when one is) and fit the rows."""
+    if config.model is not None:
+        want = ModelArgs.from_name(config.model)
+        diff = [f"{k} {getattr(args, k)} != {getattr(want, k)}" for k in ARCHITECTURE
+                if getattr(args, k) != getattr(want, k)]
+        if diff:
+            raise TrainError(f"{source} is not a {config.model!r} model ({', '.join(diff)})")
+    if config.seq_len > args.max_seq_len:
+        raise TrainError(f"--seq-len {config.seq_len} exceeds {source}'s max_seq_len "
+                         f"{args.max_seq_len}")
+
+
+def start_point(config: TrainConfig, shards: TokenShards, run: Path) -> Start:
+    """The model and state this run starts from (see the module docstring)."""
+    last = latest_checkpoint(run) if config.resume else None
+    if last is None and is_rank_zero() and (run / RUN_CONFIG).exists() and not config.resume:
+        raise TrainError(f"{run} already holds a run; pass --resume to continue it or choose "
+                         "another --out")
+    if last is not None or config.init is not None:
+        folder = last or Path(config.init)
+        ckpt = load_checkpoint(folder)
+        check_checkpoint_vocab(folder, ckpt.tokenizers, shards.vocab)
+        check_architecture(ckpt.model.args, config, str(folder))
+        model = ckpt.model.float().train()
+        tokenizers = _with_tokenizers(config, ckpt.tokenizers, shards)
+        if last is None:
+            return Start(model, tokenizers, TrainState(), source=f"init {folder}")
+        state, optimizer = load_train_state(last)
+        return Start(model, tokenizers, state, optimizer, source=f"resume {last}")
+    torch.manual_seed(config.seed)
+    model = Transformer(model_args(config, shards.vocab.padded_size))
+    tokenizers = _with_tokenizers(config, TokenizerBundle(shards.vocab), shards)
+    return Start(model, tokenizers, TrainState(), source=f"preset {config.model or 'tiny'}")
+
+
+def _with_tokenizers(config: TrainConfig, bundle: TokenizerBundle,
+                     shards: TokenShards) -> TokenizerBundle:
+    """`--tokenizer`'s bundle when given (it must match the shards), else `bundle`."""
+    if config.tokenizer is None:
+        return bundle
+    loaded = TokenizerBundle.load(config.tokenizer)
+    if loaded.vocab != shards.vocab:
+        raise TrainError(f"{config.tokenizer}: its vocabulary is not the one the shards in "
+                         f"{config.data} were made with")
+    return loaded
+
+
+def prepare_run(config: TrainConfig, start: Start, run: Path) -> None:
+    """Check a resumed run's settings; write train.json; drop log rows past the checkpoint."""
+    if not is_rank_zero():
+        return
+    path, args = run / RUN_CONFIG, start.model.args.to_dict()
+    if start.optimizer is not None:
+        check_resume(config, path, args)
+    run.mkdir(parents=True, exist_ok=True)
+    save_config(config, path, args)
+    if start.state.step == 0 and (run / METRICS).exists():
+        (run / METRICS).unlink()
+    truncate_log(run / METRICS, start.state.step)
+
+
+def quiet_lightning() -> None:
+    """Lightning's informational lines and advice meant for GPU clusters stay off the screen."""
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for pattern in (".*does not have many workers.*", ".*sync_dist=True.*",
+                    ".*`training_step` returned.*", ".*is an invalid.*Trainer.*",
+                    ".*on_train_batch_end.*", ".*LeafSpec.*"):
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+def validate(config: TrainConfig) -> None:
+    if config.strategy == "fsdp" and "text" in config.freeze:
+        raise TrainConfigError("--freeze text masks embedding rows, which FSDP shards; use "
+                               "--strategy ddp")
+    if config.max_steps < 1:
+        raise TrainConfigError("--max-steps must be >= 1")
+
+
+
+@dataclass
+class Summary:
+    """What a run did: its first and last logged metrics and where it wrote."""
+
+    run: Path
+    first: dict | None
+    last: dict | None
+    source: str
+
+    def lines(self) -> list[str]:
+        if self.last is None:
+            return [f"{self.run}: no step trained"]
+        a, b = self.first, self.last
+        parts = [f"loss {a['loss']:.3f} -> {b['loss']:.3f}"]
+        for g in GROUPS:
+            if f"loss_{g}" in a and f"loss_{g}" in b:
+                parts.append(f"{g} {a[f'loss_{g}']:.3f} -> {b[f'loss_{g}']:.3f}")
+        return [f"steps {int(a['step'])}-{int(b['step'])} ({self.source}): " + ", ".join(parts),
+                f"{b['tokens_per_s']:,.0f} tokens/s; {int(b['tokens']):,} tokens in "
+                f"{b['seconds']:.1f} s",
+                f"checkpoint {self.run / LAST}, log {self.run / METRICS}, curves "
+                f"{self.run / CURVES}"]
+
+
+def train(config: TrainConfig) -> Summary:
+    """Run (or resume) training as `config` says; returns the summary."""
+    import lightning.pytorch as pl
+
+    from omnitok.kernels import resolve_backend
+    from omnitok.train.callbacks import Recorder
+    from omnitok.train.datamodule import ShardDataModule
+    from omnitok.train.distributed import make_strategy
+    from omnitok.train.freeze import freeze
+    from omnitok.train.module import OmnitokModule
+
+    validate(config)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    quiet_lightning()
+    shards, run = open_shards(config.data), Path(config.out)
+    start = start_point(config, shards, run)
+    if start.state.step >= config.max_steps:
+        raise TrainError(f"{run} already trained {start.state.step} steps (--max-steps "
+                         f"{config.max_steps}); raise --max-steps to go on")
+    prepare_run(config, start, run)
+    model = start.model
+    model.attn_backend = resolve_backend(config.attn, _device(config))
+    masks = freeze(model, shards.vocab, config.freeze)
+    module = OmnitokModule(model, shards.vocab, config, masks, start.state.step, start.optimizer)
+    data = ShardDataModule(shards, config, start.state.data)
+    recorder = Recorder(run, config, model.args, start.tokenizers, start.state)
+    trainer = pl.Trainer(
+        accelerator=config.accelerator, devices=config.devices, num_nodes=config.num_nodes,
+        strategy=make_strategy(config), precision=PRECISIONS[config.precision],
+        max_steps=config.max_steps - start.state.step, accumulate_grad_batches=config.accumulate,
+        gradient_clip_val=config.grad_clip or None, logger=False, enable_checkpointing=False,
+        enable_progress_bar=config.progress, enable_model_summary=False, callbacks=[recorder],
+        use_distributed_sampler=False, num_sanity_val_steps=0, limit_val_batches=0,
+        default_root_dir=str(run))
+    trainer.fit(module, datamodule=data)
+    return Summary(run, recorder.first, recorder.last, start.source)
+
+
+def _device(config: TrainConfig) -> str:
+    gpu = config.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return "cuda" if gpu else "cpu"
