@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from omnitok.train.logs import METRICS, truncate_log
 from omnitok.train.objective import GROUPS
 from omnitok.train.shards import TokenShards
 from omnitok.train.state import (
+    CHECKPOINTS,
     LAST,
     TrainState,
     check_checkpoint_vocab,
@@ -131,7 +133,15 @@ def prepare_run(config: TrainConfig, start: Start, run: Path) -> None:
     path, args = run / RUN_CONFIG, start.model.args.to_dict()
     if start.optimizer is not None:
         check_resume(config, path, args)
+    if start.state.step >= config.max_steps:
+        raise TrainError(f"{run} already trained {start.state.step} steps (--max-steps "
+                         f"{config.max_steps}); raise --max-steps to go on")
     run.mkdir(parents=True, exist_ok=True)
+    for stale in [*run.glob(f"{CHECKPOINTS}/.*.tmp*"), *run.glob(f".{LAST}.*.tmp")]:
+        if stale.is_dir() and not stale.is_symlink():  # left by a killed run
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
     save_config(config, path, args)
     if start.state.step == 0 and (run / METRICS).exists():
         (run / METRICS).unlink()
@@ -152,8 +162,9 @@ def validate(config: TrainConfig) -> None:
     if config.strategy == "fsdp" and "text" in config.freeze:
         raise TrainConfigError("--freeze text masks embedding rows, which FSDP shards; use "
                                "--strategy ddp")
-    if config.max_steps < 1:
-        raise TrainConfigError("--max-steps must be >= 1")
+    if config.strategy == "fsdp" and _device(config) == "cpu":
+        raise TrainConfigError("--strategy fsdp needs CUDA devices (Lightning's FSDP does not "
+                               "run on the CPU); use --strategy ddp")
 
 
 
@@ -198,9 +209,6 @@ def train(config: TrainConfig) -> Summary:
     quiet_lightning()
     shards, run = open_shards(config.data), Path(config.out)
     start = start_point(config, shards, run)
-    if start.state.step >= config.max_steps:
-        raise TrainError(f"{run} already trained {start.state.step} steps (--max-steps "
-                         f"{config.max_steps}); raise --max-steps to go on")
     prepare_run(config, start, run)
     model = start.model
     model.attn_backend = resolve_backend(config.attn, _device(config))

@@ -70,3 +70,48 @@ def generated(tmp_path_factory, codec):
     folder = tmp_path_factory.mktemp("generated")
     write_shards(folder, codec.vocab, docs, docs_per_shard=160)
     return TokenShards(folder), docs
+
+
+def _train_argv(data, out, *extra, steps: int = 12, batch: int = 4, seq_len: int = 128,
+               lr: float = 3e-3) -> list[str]:
+    """`omnitok train` arguments for a quick debug-preset run: one thread, constant learning
+    rate after 2 warmup steps (so --max-steps does not change the curve), a row per step."""
+    return ["train", "--data", str(data), "--out", str(out), "--model", "debug",
+            "--max-steps", str(steps), "--batch-size", str(batch), "--seq-len", str(seq_len),
+            "--lr", str(lr), "--min-lr", str(lr), "--warmup-steps", "2", "--log-every", "1",
+            "--checkpoint-every", "5", "--threads", "1", "--no-progress", *extra]
+
+
+def _losses(run) -> dict[int, float]:
+    """Step -> weighted loss, from a run's metrics.csv."""
+    from omnitok.train.logs import read_log
+
+    return {int(r["step"]): r["loss"] for r in read_log(run / "metrics.csv")}
+
+
+@pytest.fixture(scope="session")
+def train_argv():
+    """The function `_train_argv` (argument lists for quick `omnitok train` runs)."""
+    return _train_argv
+
+
+@pytest.fixture(scope="session")
+def losses():
+    """The function `_losses` (step -> loss of a run folder)."""
+    return _losses
+
+
+@pytest.fixture(scope="session")
+def train_data(generated):
+    """The generated shard folder."""
+    return generated[0].folder
+
+
+@pytest.fixture(scope="session")
+def baseline(train_data, tmp_path_factory, train_argv):
+    """An uninterrupted 12-step run, 1 process, 4 rows per step (checkpoints at 5, 10, 12)."""
+    from omnitok.cli import main
+
+    out = tmp_path_factory.mktemp("runs") / "baseline"
+    assert main(train_argv(train_data, out)) == 0
+    return out

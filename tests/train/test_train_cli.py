@@ -1,0 +1,134 @@
+"""`omnitok train` end to end on a generated corpus: the loss of every modality falls,
+checkpoints load, a stopped or killed run resumes on the same curve, --init and --freeze,
+and bad input gives one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from omnitok.cli import main
+from omnitok.model.checkpoint import load_checkpoint, save_checkpoint
+from omnitok.model.config import ModelArgs
+from omnitok.model.transformer import Transformer
+from omnitok.tokenizers.bundle import TokenizerBundle
+from omnitok.tokenizers.vocab import Vocab
+from omnitok.train.logs import read_log
+
+
+def test_loss_of_every_modality_falls(train_data, tmp_path, capsys, train_argv):
+    out = tmp_path / "run"
+    assert main(train_argv(train_data, out, "--log-every", "5", steps=30)) == 0
+    rows = read_log(out / "metrics.csv")
+    assert [int(r["step"]) for r in rows] == [1, 5, 10, 15, 20, 25, 30]
+    first, last = rows[0], rows[-1]
+    for g in ("text", "image", "audio"):
+        assert last[f"loss_{g}"] < first[f"loss_{g}"] - 0.5, (g, first, last)
+    assert last["loss"] < first["loss"] - 0.5
+    assert (out / "curves.png").stat().st_size > 1000
+    printed = capsys.readouterr().out
+    assert "loss" in printed and "text" in printed and str(out / "last") in printed
+
+
+def test_checkpoint_loads_with_load_checkpoint(baseline):
+    ckpt = load_checkpoint(baseline / "last")
+    assert ckpt.path.resolve().name == "step-00000012"
+    assert sorted(p.name for p in (baseline / "checkpoints").iterdir()) == [
+        "step-00000010", "step-00000012"]  # --keep-checkpoints 2
+    state = json.loads((baseline / "last" / "trainer.json").read_text())
+    assert state["step"] == 12 and set(state["data"]) == {"epoch", "row"}
+    optimizer = torch.load(baseline / "last" / "optimizer.pt", weights_only=True)
+    assert optimizer["scheduler"]["last_epoch"] == 12
+    ids = torch.tensor([[1, 2, 3]])
+    assert ckpt.model(ids).shape == (1, 3, ckpt.model.args.vocab_size)
+
+
+def test_stop_and_resume_gives_the_same_losses(train_data, baseline, tmp_path, train_argv,
+                                               losses):
+    out = tmp_path / "run"
+    assert main(train_argv(train_data, out, steps=7)) == 0  # checkpoints at 5 and 7
+    assert main(train_argv(train_data, out, "--resume")) == 0
+    assert losses(out) == losses(baseline)
+    assert len(losses(out)) == 12
+
+
+def test_sigkill_and_resume_gives_the_same_losses(train_data, baseline, tmp_path, train_argv,
+                                                  losses):
+    out = tmp_path / "run"
+    argv = train_argv(train_data, out, steps=100000)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "omnitok.cli", *argv], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "checkpoints" / "step-00000010").is_dir():
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert max(losses(out)) >= 10
+    assert main(train_argv(train_data, out, "--resume")) == 0
+    assert losses(out) == losses(baseline)
+
+
+def test_init_and_freeze_text(train_data, baseline, tmp_path, train_argv):
+    out = tmp_path / "tuned"
+    assert main(train_argv(train_data, out, "--init", str(baseline / "last"), "--freeze", "text",
+                           steps=3)) == 0
+    before, after = load_checkpoint(baseline / "last").model, load_checkpoint(out / "last").model
+    text = load_checkpoint(out / "last").vocab.range("text")
+    for (name, a), b in zip(before.state_dict().items(), after.state_dict().values()):
+        if name in ("tok_embeddings.weight", "output.weight"):
+            assert torch.equal(a[text.start:text.stop], b[text.start:text.stop])
+            assert not torch.equal(a, b)
+        else:
+            assert torch.equal(a, b), name
+
+
+def test_bf16_and_accumulation(train_data, tmp_path, train_argv):
+    out = tmp_path / "bf16"
+    assert main(train_argv(train_data, out, "--precision", "bf16", "--accumulate", "2",
+                           "--activation-checkpointing", steps=4, batch=2)) == 0
+    rows = read_log(out / "metrics.csv")
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    assert rows[-1]["tokens"] > 4 * 2 * 2 * 100  # 2 micro-batches of 2 rows per step
+
+
+def one_line_error(argv, capsys) -> str:
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("omnitok: error: ") and "\n" not in err, err
+    return err
+
+
+def test_bad_input_gives_one_line_errors(train_data, baseline, tmp_path, capsys, train_argv):
+    assert "no such shard folder" in one_line_error(train_argv(tmp_path / "nope", tmp_path / "a"),
+                                                    capsys)
+    err = one_line_error(train_argv(train_data, tmp_path / "b", "--init", str(baseline / "last"),
+                                    "--model", "tiny"), capsys)  # the last --model wins
+    assert "is not a 'tiny' model" in err
+    assert "already holds a run" in one_line_error(train_argv(train_data, baseline), capsys)
+    err = one_line_error(train_argv(train_data, baseline, "--resume", batch=2), capsys)
+    assert "batch_size=4" in err
+    err = one_line_error(train_argv(train_data, tmp_path / "c", "--init", str(tmp_path)), capsys)
+    assert "config.json" in err
+    other = Vocab(text_size=10)
+    net = Transformer(ModelArgs.from_name("debug", vocab_size=other.padded_size))
+    save_checkpoint(tmp_path / "other", net, TokenizerBundle(other))
+    err = one_line_error(train_argv(train_data, tmp_path / "e", "--init", str(tmp_path / "other")),
+                         capsys)
+    assert "is not the one the shards were made with" in err
+    err = one_line_error(train_argv(train_data, tmp_path / "d", "--freeze", "text", "backbone",
+                                    "embeddings"), capsys)
+    assert "leaves no weight" in err
+    err = one_line_error(train_argv(train_data, baseline, "--resume"), capsys)
+    assert "already trained 12 steps" in err
