@@ -140,12 +140,34 @@ def attention(
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool,
                    doc_ids: torch.Tensor | None, q_pos: torch.Tensor | None,
                    scale: float | None) -> torch.Tensor:
-    """`attention` through torch's scaled_dot_product_attention (an explicit mask when needed)."""
+    """`attention` through torch's scaled_dot_product_attention (an explicit mask when needed).
+
+    Cached attention of a few queries in bf16/fp16 on the CPU takes two matmuls in float32
+    instead: torch's CPU kernel is several times slower there (decode steps).
+    """
+    if (q_pos is not None and q.device.type == "cpu" and q.shape[2] <= 16
+            and q.dtype in (torch.bfloat16, torch.float16)):
+        return cached_attention_matmul(q, k, v, q_pos, scale)
     mask = reference.attention_mask(q.shape[2], k.shape[2], causal=causal, doc_ids=doc_ids,
                                     q_pos=q_pos, device=q.device)
     is_causal = causal and mask is None
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
                                           scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+
+
+def cached_attention_matmul(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                            q_pos: torch.Tensor, scale: float | None) -> torch.Tensor:
+    """Attention over a KV cache with float32 scores: q (B, H, T, D), k/v (B, Hkv, S, D),
+    q_pos (B, T); query (b, i) sees keys j <= q_pos[b, i]. Returns (B, H, T, D) in q's dtype."""
+    b, h, t, d = q.shape
+    hk, s = k.shape[1], k.shape[2]
+    g = h // hk  # query heads per kv head, adjacent (head i reads kv head i // g)
+    scores = q.float().reshape(b, hk, g * t, d) @ k.float().transpose(-1, -2)  # (B, Hkv, g*T, S)
+    scores = scores.view(b, hk, g, t, s) * (scale if scale is not None else d ** -0.5)
+    seen = torch.arange(s, device=q.device) <= q_pos[:, None, None, :, None]  # (B, 1, 1, T, S)
+    probs = scores.masked_fill(~seen, float("-inf")).softmax(dim=-1)
+    out = probs.view(b, hk, g * t, s) @ v.float()  # (B, Hkv, g*T, D)
+    return out.view(b, h, t, d).to(q.dtype)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, *,

@@ -100,3 +100,21 @@ def test_triton_cached_attention_has_no_backward():
     q, k, v = (x.requires_grad_() for x in rand(1, 2, 2, 1, 4))
     with pytest.raises(OmnitokError, match="no backward"):
         attention(q, k, v, q_pos=torch.tensor([[3]]), backend="triton")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cached_low_precision_attention_on_cpu(dtype):
+    """The float32-score path for cached bf16/fp16 decode: no worse than SDPA's own rounding."""
+    torch.manual_seed(0)
+    b, h, hk, t, s, d = 3, 6, 2, 2, 37, 16
+    q, k, v = (torch.randn(b, n, m, d, dtype=torch.float64)
+               for n, m in ((h, t), (hk, s), (hk, s)))
+    q_pos = torch.tensor([[5, 6], [30, 31], [0, 1]])
+    from omnitok.kernels import reference as ref_ops
+
+    ref = ref_ops.attention(q, k, v, q_pos=q_pos)
+    got = attention(q.to(dtype), k.to(dtype), v.to(dtype), q_pos=q_pos, backend="sdpa")
+    low = ref_ops.attention(q.to(dtype).double(), k.to(dtype).double(),
+                              v.to(dtype).double(), q_pos=q_pos).to(dtype)
+    err = (got.double() - ref).abs().max()
+    assert err <= 2 * (low.double() - ref).abs().max() + 1e-6
