@@ -22,9 +22,9 @@ class KVCache(nn.Module):
 
         Rows may sit at different positions (batched prompts of different lengths).
         """
-        b, h, t, d = k.shape
-        index = input_pos[:, None, :, None].expand(b, h, t, d)
+        b = k.shape[0]
+        rows = torch.arange(b, device=k.device)[:, None]  # (B, 1) with input_pos (B, T)
         k_out, v_out = self.k_cache[:b], self.v_cache[:b]
-        k_out.scatter_(2, index, k.to(k_out.dtype))
-        v_out.scatter_(2, index, v.to(v_out.dtype))
+        k_out[rows, :, input_pos] = k.transpose(1, 2).to(k_out.dtype)  # (B, T, Hkv, hd)
+        v_out[rows, :, input_pos] = v.transpose(1, 2).to(v_out.dtype)
         return k_out, v_out
