@@ -134,15 +134,22 @@ def _run(gen: Generator, docs, settings: GenerationSettings, output: Path, stems
     """Decode every prompt; with `stream`, follow the single answer as it grows."""
     from rich.progress import Progress, TextColumn, TimeElapsedColumn
 
-    requests = []
+    requests: list = []
     sinks = ({0: AnswerStream(gen.tokenizers, output, stems[0])}
              if stream and len(docs) == 1 else {})
+
+    def opened(batch: list) -> None:  # the opening ids (<boa> for --to audio) came with it
+        for i, request in enumerate(batch, len(requests)):
+            for token in request.state.history if i in sinks else ():
+                sinks[i].push(token)
+        requests.extend(batch)
+
     columns = [TextColumn("{task.description}"), TextColumn("{task.completed} ids"),
                TimeElapsedColumn()]
     try:
         with Progress(*columns, disable=quiet or bool(sinks), transient=True) as bar:
             task = bar.add_task(f"generating {len(docs)} answer(s)")
-            for index, token in gen.stream(docs, settings, requests.extend):
+            for index, token in gen.stream(docs, settings, opened):
                 bar.advance(task)
                 if index in sinks:
                     sinks[index].push(token)

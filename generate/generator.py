@@ -171,6 +171,29 @@ class Generator:
             pass
         return [self.answer(r) for r in requests]
 
+    def stream_answer(self, prompt: Document, settings: GenerationSettings
+                      ) -> Iterator[tuple[str, object]]:
+        """One answer as it is generated: ("text", new text), ("audio", samples (C, n)) in
+        windows as RVQ frames complete (together, the whole segment's decode), then
+        ("done", Answer)."""
+        from omnitok.generate.outputs import AnswerStream
+
+        events: list[tuple[str, object]] = []
+        sink = AnswerStream(self.tokenizers, None, echo=None,
+                            on_event=lambda kind, value: events.append((kind, value)))
+        requests: list[Request] = []
+
+        def opened(batch: list[Request]) -> None:  # the opening ids came with the prompt
+            requests.extend(batch)
+            for token in batch[0].state.history:
+                sink.push(token)
+
+        for _, token in self.stream([prompt], settings, opened):
+            sink.push(token)
+            yield from events
+            events.clear()
+        yield "done", self.answer(requests[0])
+
     def answer(self, request: Request) -> Answer:
         opening = request.state.history[:len(request.state.history) - len(request.tokens)]
         ids = opening + request.tokens

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
@@ -73,21 +74,18 @@ def _write_segment(tokenizers: TokenizerBundle, seg, path: Path) -> None:
         save_audio(decode_audio(tokenizers, seg.codes), tokenizers.audio.sample_rate, path)
 
 
-class _AudioWriter:
-    """One audio segment: codes collected frame by frame, windows written as they complete."""
+class AudioChunker:
+    """One audio segment followed id by id: returns sample chunks (C, n) as windows complete."""
 
-    def __init__(self, tokenizers: TokenizerBundle, path: Path) -> None:
+    def __init__(self, tokenizers: TokenizerBundle) -> None:
         self.tok = tokenizers.audio
         spec = tokenizers.vocab.audio
         self.cursor = AudioCursor(spec.n_q, spec.pattern == "delay")
         self.codes = torch.zeros(spec.n_q, 0, dtype=torch.long)
         self.complete = 0  # frames with every level present (they complete in order)
-        self.next_start = 0  # first frame not yet written
-        self.path = path
-        self.file = sf.SoundFile(path, "w", samplerate=self.tok.sample_rate,
-                                 channels=self.tok.channels, subtype="PCM_16", format="WAV")
+        self.next_start = 0  # first frame not yet decoded
 
-    def add(self, level: int, code: int) -> None:
+    def add(self, level: int, code: int) -> list[torch.Tensor]:
         frame = self.cursor.frame_of_next(level)
         self.cursor.advance(level)
         if frame >= self.codes.shape[1]:
@@ -95,27 +93,41 @@ class _AudioWriter:
                                - self.codes.shape[1], dtype=torch.long)
             self.codes = torch.cat([self.codes, grow], dim=1)
         self.codes[level, frame] = code
-        if level == self.codes.shape[0] - 1:
-            self.complete = frame + 1
-            self._write(final=False)
+        if level < self.codes.shape[0] - 1:
+            return []
+        self.complete = frame + 1
+        return self._windows(final=False)
 
-    def _write(self, final: bool) -> None:
+    def close(self) -> list[torch.Tensor]:
+        return self._windows(final=True)
+
+    def _windows(self, final: bool) -> list[torch.Tensor]:
         chunk, ctx = self.tok.chunk_frames(AUDIO_CHUNK_SECONDS, AUDIO_CONTEXT_SECONDS)
-        codes = self.codes[:, :self.complete]
+        codes, out = self.codes[:, :self.complete], []
         for window in self.tok.chunk_windows(self.complete, AUDIO_CHUNK_SECONDS,
                                              AUDIO_CONTEXT_SECONDS):
-            start = window[0]
-            if start < self.next_start:
+            if window[0] < self.next_start:
                 continue
-            if not final and start + chunk + ctx > self.complete:
+            if not final and window[0] + chunk + ctx > self.complete:
                 break
-            wav = self.tok.decode_window(codes, window)
-            self.file.write(wav.detach().float().clamp(-1, 1).cpu().numpy().T)
-            self.file.flush()
+            out.append(self.tok.decode_window(codes, window).detach().float().clamp(-1, 1))
             self.next_start = window[1]
+        return out
+
+
+class _WavWriter:
+    """A 16-bit WAV written chunk by chunk (flushed after each)."""
+
+    def __init__(self, path: Path, sample_rate: int, channels: int) -> None:
+        self.path = path
+        self.file = sf.SoundFile(path, "w", samplerate=sample_rate, channels=channels,
+                                 subtype="PCM_16", format="WAV")
+
+    def write(self, chunk: torch.Tensor) -> None:
+        self.file.write(chunk.cpu().numpy().T)
+        self.file.flush()
 
     def close(self) -> None:
-        self._write(final=True)
         self.file.close()
 
     def abort(self) -> None:
@@ -126,15 +138,19 @@ class _AudioWriter:
 class AnswerStream:
     """Follows one answer id by id: echoes its text, writes its audio while it is generated."""
 
-    def __init__(self, tokenizers: TokenizerBundle, folder: Path, stem: str, *,
-                 audio: bool = True, echo: TextIO | None = sys.stdout) -> None:
+    def __init__(self, tokenizers: TokenizerBundle, folder: Path | None, stem: str = "answer",
+                 *, echo: TextIO | None = sys.stdout,
+                 on_event: Callable[[str, object], None] | None = None) -> None:
+        """folder: where WAVs are written as they grow (None: none written);
+        on_event: called with ("text", new text) and ("audio", samples (C, n))."""
         self.tok, self.vocab = tokenizers, tokenizers.vocab
-        self.folder, self.stem, self.stream_audio, self.echo = folder, stem, audio, echo
+        self.folder, self.stem, self.echo, self.on_event = folder, stem, echo, on_event
         self.index = -1  # segment index of the current run
         self.kind: str | None = None
         self.text_ids: list[int] = []
         self.printed = ""
-        self.audio: _AudioWriter | None = None
+        self.audio: AudioChunker | None = None
+        self.wav: _WavWriter | None = None
         self.written: set[Path] = set()
 
     def push(self, token: int) -> None:
@@ -144,20 +160,30 @@ class AnswerStream:
                 self._begin("text")
             self.text_ids.append(local)
             self._echo()
-        elif token == self.vocab.special("<boi>"):
-            self._begin("image")
-        elif token == self.vocab.special("<boa>"):
+        elif token == self.vocab.special("<boa>") and self.tok.audio is not None:
             self._begin("audio")
-            if self.stream_audio and self.tok.audio is not None:
-                path = segment_path(self.folder, self.stem, self.index, "audio")
+            self.audio = AudioChunker(self.tok)
+            if self.folder is not None:
                 self.folder.mkdir(parents=True, exist_ok=True)
-                self.audio = _AudioWriter(self.tok, path)
+                self.wav = _WavWriter(segment_path(self.folder, self.stem, self.index, "audio"),
+                                      self.tok.audio.sample_rate, self.tok.audio.channels)
         elif r.modality == Modality.AUDIO and self.audio is not None:
-            self.audio.add(r.level, local)
+            self._audio(self.audio.add(r.level, local))
         elif token == self.vocab.special("<eoa>") and self.audio is not None:
-            self.audio.close()
-            self.written.add(self.audio.path)
-            self.audio = None
+            self._audio(self.audio.close())
+            if self.wav is not None:
+                self.wav.close()
+                self.written.add(self.wav.path)
+            self.audio = self.wav = None
+        elif token in (self.vocab.special("<boi>"), self.vocab.special("<boa>")):
+            self._begin("image" if token == self.vocab.special("<boi>") else "audio")
+
+    def _audio(self, chunks: list[torch.Tensor]) -> None:
+        for chunk in chunks:
+            if self.wav is not None:
+                self.wav.write(chunk)
+            if self.on_event is not None:
+                self.on_event("audio", chunk)
 
     def _begin(self, kind: str) -> None:
         if self.kind == "text" and self.echo is not None:
@@ -166,12 +192,16 @@ class AnswerStream:
         self.kind, self.text_ids, self.printed = kind, [], ""
 
     def _echo(self) -> None:
-        if self.echo is None or self.tok.text is None:
+        if self.tok.text is None:
             return
         text = self.tok.text.decode(self.text_ids)
-        if text.startswith(self.printed):
-            self.echo.write(text[len(self.printed):])
-            self.echo.flush()
+        if text.startswith(self.printed) and len(text) > len(self.printed):
+            new = text[len(self.printed):]
+            if self.echo is not None:
+                self.echo.write(new)
+                self.echo.flush()
+            if self.on_event is not None:
+                self.on_event("text", new)
             self.printed = text
 
     def finish(self) -> None:
@@ -180,8 +210,8 @@ class AnswerStream:
 
     def abort(self) -> None:
         """Remove a half-written WAV (and any streamed file) after a failure."""
-        if self.audio is not None:
-            self.audio.abort()
+        if self.wav is not None:
+            self.wav.abort()
         for path in self.written:
             if os.path.exists(path):
                 path.unlink()

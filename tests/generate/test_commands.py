@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from PIL import Image
 
 from omnitok.cli import build_parser, main
@@ -82,7 +83,14 @@ def test_streamed_audio_equals_the_whole_decode(capsys, request, tmp_path, monke
     ckpt = request.getfixturevalue(ckpt)
     monkeypatch.setattr(outputs, "AUDIO_CHUNK_SECONDS", 0.02)  # 10 frames per window
     monkeypatch.setattr(outputs, "AUDIO_CONTEXT_SECONDS", 0.01)
-    files = []
+    files, opened = [], []
+    real = outputs._WavWriter.__init__
+
+    def spy(self, path, *args):  # the streamed WAV is opened while generating
+        opened.append(path)
+        real(self, path, *args)
+
+    monkeypatch.setattr(outputs._WavWriter, "__init__", spy)
     for name, flag in (("plain", "--no-stream"), ("stream", "--stream")):
         code, _, err = run(capsys, "generate", ckpt, "--text", "speak", "--to", "audio",
                            "--max-audio-seconds", "0.2",
@@ -90,7 +98,7 @@ def test_streamed_audio_equals_the_whole_decode(capsys, request, tmp_path, monke
                            "--seed", "4")
         assert code == 0, err
         files.append((tmp_path / name / "answer_0.wav").read_bytes())
-    assert files[0] == files[1]
+    assert files[0] == files[1] and opened == [tmp_path / "stream" / "answer_0.wav"]
     assert sf.info(str(tmp_path / "plain" / "answer_0.wav")).frames > 32 * 30
 
 
@@ -135,3 +143,28 @@ def test_bad_input_gives_one_line_and_no_files(capsys, any_ckpt, text_ckpt, medi
         main(["generate", str(any_ckpt), "--text", "x", "--bogus"])
     assert e.value.code == 2
     assert not out.exists()
+
+
+def test_stream_answer_yields_text_and_audio_as_generated(any_ckpt, monkeypatch):
+    from omnitok.generate.generator import GenerationSettings, Generator
+    from omnitok.model.checkpoint import load_checkpoint
+    from omnitok.tokenizers.document import AudioSegment, Document, TextSegment
+
+    monkeypatch.setattr(outputs, "AUDIO_CHUNK_SECONDS", 0.02)
+    monkeypatch.setattr(outputs, "AUDIO_CONTEXT_SECONDS", 0.01)
+    gen = Generator(load_checkpoint(any_ckpt))
+    settings = GenerationSettings(target="audio", max_audio_seconds=0.2, min_audio_seconds=0.1,
+                                  seed=2)
+    events = list(gen.stream_answer(Document([TextSegment("hi")]), settings))
+    kinds = [k for k, _ in events]
+    assert kinds[-1] == "done" and kinds.count("audio") >= 3
+    answer = events[-1][1]
+    [seg] = answer.document.segments
+    assert isinstance(seg, AudioSegment)
+    streamed = torch.cat([v for k, v in events if k == "audio"], dim=1)
+    whole = outputs.decode_audio(gen.tokenizers, seg.codes).clamp(-1, 1)
+    assert torch.equal(streamed, whole)
+    text = GenerationSettings(target="text", max_new_tokens=10, seed=1)
+    pieces = [v for k, v in gen.stream_answer(Document([TextSegment("a")]), text) if k == "text"]
+    final = list(gen.stream_answer(Document([TextSegment("a")]), text))[-1][1]
+    assert "".join(pieces) == final.document[0].text
