@@ -148,6 +148,7 @@ def bench_rows(model: Transformer, *, batches: list[int], prompt_len: int, gen_l
     for batch in batches:
         prompt = torch.randint(0, model.args.vocab_size - 64, (batch, prompt_len), generator=g)
         nbytes = bytes_per_step(model, batch, prompt_len + gen_len // 2)
+        model.pack_linears(batch_hint=batch)
         runs = [("omnitok", lambda p=prompt: time_engine(model, p, gen_len))]
         if compile:
             def compiled(p=prompt):

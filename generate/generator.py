@@ -75,10 +75,16 @@ class Generator:
                  compile: bool = False) -> None:
         self.ckpt, self.compile = checkpoint, compile
         self.model, self.tokenizers = checkpoint.model, checkpoint.tokenizers
-        self.packed = pack and self.model.pack_linears()
+        self.pack, self.packed_rows = pack, 0
         self.vocab = checkpoint.vocab
         self.codec = self.tokenizers.codec()
         self._text_ok = text_allowed(self.vocab, self.tokenizers.text)
+
+    def _pack_for(self, rows: int) -> None:
+        """oneDNN packs a weight for an expected row count: repack when the batch changes."""
+        if self.pack and rows != self.packed_rows:
+            self.pack = self.model.pack_linears(batch_hint=rows)
+            self.packed_rows = rows
 
     # ---- pieces --------------------------------------------------------------------------
     def image_grid(self) -> tuple[int, int] | None:
@@ -155,6 +161,8 @@ class Generator:
         """(prompt index, id) for every generated id, batch after batch of `batch_size`."""
         grammar = self.grammar(settings)
         engine = self.engine(settings, grammar)
+        guided = engine.guidance is not None
+        self._pack_for(min(settings.batch_size, len(prompts)) * (2 if guided else 1))
         for start in range(0, len(prompts), settings.batch_size):
             batch = self.requests(prompts[start:start + settings.batch_size], settings,
                                   grammar, start)
