@@ -82,8 +82,16 @@ class OmnitokModule(pl.LightningModule):
         return self.trainer.strategy.reduce(stats.to(self.device), reduce_op="sum").cpu()
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Zero the gradients of frozen rows, then clip the gradient norm (here rather than by
+        the Trainer, whose mixed-precision plugin refuses to clip for a fused AdamW)."""
         if self.masks:
             mask_gradients(self.model, self.masks)
+        if self.config.grad_clip:
+            wrapped = self.trainer.strategy.model
+            if hasattr(wrapped, "clip_grad_norm_"):  # FSDP: a norm over all shards
+                wrapped.clip_grad_norm_(self.config.grad_clip)
+            else:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
 
     def configure_optimizers(self):
         c = self.config
@@ -93,8 +101,10 @@ class OmnitokModule(pl.LightningModule):
                 (decay if p.dim() >= 2 and name not in self.masks else no_decay).append(p)
         groups = [{"params": decay, "weight_decay": c.weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
+        device = next(self.model.parameters()).device.type
         optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=c.lr,
-                                      betas=(c.beta1, c.beta2))
+                                      betas=(c.beta1, c.beta2),
+                                      fused=device in ("cpu", "cuda") or None)
         floor = c.min_lr / c.lr
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, functools.partial(lr_factor, warmup=c.warmup_steps, total=c.max_steps,

@@ -220,7 +220,7 @@ def train(config: TrainConfig) -> Summary:
         accelerator=config.accelerator, devices=config.devices, num_nodes=config.num_nodes,
         strategy=make_strategy(config), precision=PRECISIONS[config.precision],
         max_steps=config.max_steps - start.state.step, accumulate_grad_batches=config.accumulate,
-        gradient_clip_val=config.grad_clip or None, logger=False, enable_checkpointing=False,
+        logger=False, enable_checkpointing=False,
         enable_progress_bar=config.progress, enable_model_summary=False, callbacks=[recorder],
         use_distributed_sampler=False, num_sanity_val_steps=0, limit_val_batches=0,
         default_root_dir=str(run))
