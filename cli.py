@@ -77,6 +77,10 @@ COMMANDS: dict = {
     },
     "bench": {
         "_help": "Measure throughput.",
+        "_default": ("omnitok.bench:bench_suite",
+                     "The default suite: generation, media, tokenizers, training."),
+        "tokenizers": ("omnitok.tokenizers.bench:bench_tokenizers",
+                       "Images/s of the image tokenizer, real-time factors of the codec."),
         "generate": ("omnitok.generate.bench:bench_generate",
                      "Decode speed per batch size, side by side with transformers."),
         "kernels": ("omnitok.kernels.bench:bench_kernels",
@@ -109,9 +113,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(argv: list[str]) -> int:
     node, path = COMMANDS, ["omnitok"]
-    while isinstance(node, dict) and argv and argv[0] in node and argv[0] != "_help":
+    while isinstance(node, dict) and argv and argv[0] in node and not argv[0].startswith("_"):
         path.append(argv.pop(0))
         node = node[path[-1]]
+    if isinstance(node, dict) and "_default" in node and (not argv or argv[0].startswith("-")):
+        node = node["_default"]  # a group that runs a default command without a subcommand
     if isinstance(node, dict):
         _group_parser(node, " ".join(path)).parse_args(argv)
         return 2  # parse_args exits (help or a missing subcommand); not reached
@@ -130,7 +136,7 @@ def _group_parser(node: dict, prog: str) -> argparse.ArgumentParser:
         parser.add_argument("--version", action="version", version=f"omnitok {__version__}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     for name, child in node.items():
-        if name != "_help":
+        if not name.startswith("_"):
             sub.add_parser(name, help=child["_help"] if isinstance(child, dict) else child[1])
     return parser
 
@@ -174,6 +180,9 @@ def _add_param(parser: argparse.ArgumentParser, p: inspect.Parameter, hint, help
     else:
         kwargs["type"] = origin
         kwargs["metavar"] = p.name.upper()
+    if kwargs.get("nargs") == "+" and origin in (int, float):  # --batch 1,8,32 or 1 8 32
+        kwargs.update(type=_split(origin), action=_Flatten)
+        kwargs.pop("choices", None)
     if p.default is inspect.Parameter.empty:
         kwargs["required"] = True
     else:
@@ -198,6 +207,21 @@ def _add_dataclass(parser: argparse.ArgumentParser, base, prefix: str) -> None:
         extra = ({"action": argparse.BooleanOptionalAction} if kind is bool
                  else {"type": kind, "metavar": f.name.upper()})
         parser.add_argument(flag, dest=name, default=None, help=f"(default: {value})", **extra)
+
+
+def _split(kind: type):
+    def parse(text: str) -> list:
+        return [kind(part) for part in text.split(",") if part]
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+class _Flatten(argparse.Action):
+    """Values that are themselves lists (comma-separated) joined into one list."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, [x for part in values for x in part])
 
 
 class _Ordered(argparse.Action):

@@ -10,48 +10,22 @@ run, with the spread (min..max) so that two runs can be compared.
 
 from __future__ import annotations
 
-import statistics
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
 
-from omnitok import atomic_write_text
-from omnitok.generate.engine import Engine, Request, compiled_decode_step
+from omnitok.bench import Timing, copy_bandwidth, machine, measure, time_call, write_report
+from omnitok.generate.engine import Engine, Guidance, Request, compiled_decode_step
 from omnitok.generate.grammar import Grammar
 from omnitok.generate.sampling import ModalitySampling
 from omnitok.kernels import describe_backend
 from omnitok.model.config import ModelArgs
 from omnitok.model.export_hf import to_hf
 from omnitok.model.transformer import Transformer
-from omnitok.tokenizers.vocab import Vocab
-
-
-@dataclass
-class Timing:
-    median: float
-    low: float
-    high: float
-
-    @classmethod
-    def of(cls, values: list[float]) -> Timing:
-        return cls(statistics.median(values), min(values), max(values))
-
-
-def copy_bandwidth(megabytes: int = 512, repeats: int = 9) -> Timing:
-    """Bytes/s of a large tensor copy (read + write), the machine's practical memory roof."""
-    n = megabytes * 2**20 // 4
-    src, dst = torch.rand(n), torch.empty(n)
-    dst.copy_(src)  # touch the pages
-    rates = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        dst.copy_(src)
-        rates.append(2 * n * 4 / (time.perf_counter() - t0))
-    return Timing.of(rates)
+from omnitok.tokenizers.vocab import AudioSpec, Vocab
 
 
 def bytes_per_step(model: Transformer, batch: int, context: int) -> int:
@@ -103,13 +77,6 @@ def time_hf(hf, prompt: torch.Tensor, new_tokens: int) -> tuple[float, float]:
                     max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0,
                     logits_processor=LogitsProcessorList([Stamp()]))
     return stamps[0] - t0, (stamps[-1] - stamps[0]) / (len(stamps) - 1)
-
-
-def measure(run: Callable[[], tuple[float, float]], repeats: int) -> tuple[Timing, Timing]:
-    """(first-id latency, step time) over `repeats` runs after one warm-up."""
-    run()
-    firsts, steps = zip(*(run() for _ in range(repeats)))
-    return Timing.of(list(firsts)), Timing.of(list(steps))
 
 
 @dataclass
@@ -165,75 +132,59 @@ def bench_rows(model: Transformer, *, batches: list[int], prompt_len: int, gen_l
     return rows
 
 
-def machine() -> dict:
-    """Versions and the device, for benchmark headers."""
-    import platform
-
-    import omnitok
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"omnitok": omnitok.__version__, "torch": torch.__version__,
-            "device": cpu, "threads": torch.get_num_threads()}
-    try:
-        import triton
-
-        info["triton"] = triton.__version__
-    except ImportError:
-        info["triton"] = None
-    return info
+def build_models(preset: str, vocab_size: int, with_hf: bool, seed: int = 0):
+    """A random-weight model of `preset` and (with_hf) transformers' copy of it (float32)."""
+    torch.manual_seed(seed)
+    net = Transformer(ModelArgs.from_name(preset, vocab_size=vocab_size)).eval()
+    return net, (to_hf(net) if with_hf else None)
 
 
 def bench_generate(*, model: str = "small", batch: list[int] = (1, 8), prompt_len: int = 128,
                    gen_len: int = 128, dtype: Literal["float32", "bfloat16"] = "float32",
                    compare: Literal["hf", "none"] = "hf", compile: bool = False,
-                   repeats: int = 5, vocab_size: int = 16384, threads: int | None = None,
-                   seed: int = 0, json: Path | None = None) -> None:
+                   repeats: int = 5, vocab_size: int | None = None, threads: int | None = None,
+                   seed: int = 0, json: Path | None = None, plot: Path | None = None) -> None:
     """Decode speed of a model preset with random weights, side by side with transformers.
 
     Args:
         model: model preset (debug, tiny, small, ...).
-        batch: batch sizes to time.
+        batch: batch sizes to time (`--batch 1 8 32` or `--batch 1,8,32`).
         prompt_len: prompt ids per row.
         gen_len: generated ids per row.
         dtype: omnitok's weight dtype (transformers runs float32, its default on CPU).
         compare: `hf` also times transformers' LlamaForCausalLM.generate with the same weights.
         compile: also time omnitok with the decode step compiled (compile time printed).
         repeats: timed runs per figure (after one warm-up run).
-        vocab_size: rows of the embedding and the output head.
+        vocab_size: rows of the embedding and the output head (default: the demo world's
+            unified vocabulary).
         threads: CPU threads (default: torch's).
         seed: seed of the weights and prompts.
         json: also write the figures here.
+        plot: also draw decode tok/s against batch size per backend into this PNG.
     """
     if threads:
         torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    net = Transformer(ModelArgs.from_name(model, vocab_size=vocab_size)).eval()
-    hf = to_hf(net) if compare == "hf" else None
+    vocab_size = vocab_size or media_vocab().padded_size
+    net, hf = build_models(model, vocab_size, compare == "hf", seed)
     net = net.to(getattr(torch, dtype))
-    packed = net.pack_linears()
     info = {**machine(), "model": model, "params": net.args.num_params(), "dtype": dtype,
-            "attention": describe_backend("sdpa"), "packed_linears": packed,
-            "prompt_len": prompt_len, "gen_len": gen_len, "repeats": repeats}
+            "attention": describe_backend("sdpa"), "prompt_len": prompt_len,
+            "gen_len": gen_len, "repeats": repeats}
     copy = copy_bandwidth()
-    info["copy_GBps"] = round(copy.high / 1e9, 2)
+    info["copy_GBps"] = round(copy.high / 1e9, 2)  # best of the copies: the least disturbed
     if compile:
         t0 = time.perf_counter()
-        time_engine(net, torch.zeros(1, 8, dtype=torch.long), 4,
-                    compiled_decode_step(net))
+        time_engine(net, torch.zeros(1, 8, dtype=torch.long), 4, compiled_decode_step(net))
         info["compile_s"] = round(time.perf_counter() - t0, 1)
     rows = bench_rows(net, batches=list(batch), prompt_len=prompt_len, gen_len=gen_len,
                       repeats=repeats, compare_hf=hf is not None, compile=compile, hf_model=hf,
                       seed=seed)
-    print_table(info, rows, copy.high)
+    print(" | ".join(f"{k} {v}" for k, v in info.items()))
+    print_table(rows, copy.high)
     if json is not None:
-        write_json(json, info, rows, copy.high)
+        write_report(json, {"info": info, "rows": row_records(rows, copy.high)})
+    if plot is not None:
+        plot_throughput(rows, plot)
 
 
 def _hf_ratio(row: Row, rows: list[Row]) -> float | None:
@@ -241,11 +192,10 @@ def _hf_ratio(row: Row, rows: list[Row]) -> float | None:
     return row.decode_tok_s / ref[0].decode_tok_s if ref else None
 
 
-def print_table(info: dict, rows: list[Row], copy_bps: float) -> None:
-    print(" | ".join(f"{k} {v}" for k, v in info.items()))
-    head = (f"{'backend':<16}{'dtype':<10}{'batch':>5}{'first ms':>10}{'prefill/s':>11}"
-            f"{'decode/s':>10}{'ms/step':>9}{'spread':>14}{'GB/s':>7}{'% copy':>8}{'x HF':>7}")
-    print(head)
+def print_table(rows: list[Row], copy_bps: float) -> None:
+    """Decode rows; % copy = bytes read per second / the copy bandwidth (read + write)."""
+    print(f"{'backend':<16}{'dtype':<10}{'batch':>5}{'first ms':>10}{'prefill/s':>11}"
+          f"{'decode/s':>10}{'ms/step':>9}{'spread':>14}{'GB/s':>7}{'% copy':>8}{'x HF':>7}")
     for r in rows:
         ratio = _hf_ratio(r, rows)
         spread = f"{r.step_ms.low:.1f}-{r.step_ms.high:.1f}"
@@ -255,13 +205,94 @@ def print_table(info: dict, rows: list[Row], copy_bps: float) -> None:
               f"{'' if ratio is None else f'{ratio:.2f}':>7}")
 
 
-def write_json(path: Path, info: dict, rows: list[Row], copy_bps: float) -> None:
-    import json as json_mod
+def row_records(rows: list[Row], copy_bps: float) -> list[dict]:
+    return [{"backend": r.backend, "dtype": r.dtype, "batch": r.batch,
+             "first_ms": asdict(r.first_ms), "step_ms": asdict(r.step_ms),
+             "prefill_tok_s": r.prefill_tok_s, "decode_tok_s": r.decode_tok_s,
+             "bandwidth_GBps": r.bandwidth() / 1e9, "copy_share": r.bandwidth() / copy_bps,
+             "vs_hf": _hf_ratio(r, rows)} for r in rows]
 
-    records = [{"backend": r.backend, "dtype": r.dtype, "batch": r.batch,
-                "first_ms": asdict(r.first_ms), "step_ms": asdict(r.step_ms),
-                "prefill_tok_s": r.prefill_tok_s, "decode_tok_s": r.decode_tok_s,
-                "bandwidth_GBps": r.bandwidth() / 1e9,
-                "copy_share": r.bandwidth() / copy_bps, "vs_hf": _hf_ratio(r, rows)}
-               for r in rows]
-    atomic_write_text(Path(path), json_mod.dumps({"info": info, "rows": records}, indent=2))
+
+def plot_throughput(rows: list[Row], path: Path) -> None:
+    """Decode tok/s against batch size, one line per backend and dtype."""
+    from omnitok.plot import line_chart
+
+    series: dict[str, list[tuple[float, float]]] = {}
+    for r in rows:
+        series.setdefault(f"{r.backend} {r.dtype}", []).append((r.batch, r.decode_tok_s))
+    line_chart(series, Path(path), title="decode throughput", xlabel="batch size",
+               ylabel="tokens/s")
+
+
+def print_media(rows: list[dict]) -> None:
+    for r in rows:
+        s = r["seconds"]
+        extra = (f"  real time x{r['realtime_factor']:.2f} (generate {r['generate_s']:.2f} s, "
+                 f"codec {r['codec_decode_s']:.2f} s)" if "realtime_factor" in r
+                 else f"  {r['ids_per_s']:.0f} ids/s")
+        cfg = f"cfg {r['cfg']:g}" if r["cfg"] != 1 else "no cfg"
+        print(f"{r['what']:<14}{r['backend']:<14}{cfg:<9}{s['median']:>8.2f} s "
+              f"[{s['low']:.2f}-{s['high']:.2f}]{extra}")
+
+
+def media_vocab() -> Vocab:
+    """The demo world's vocabulary shape: ~480 text pieces, 1024 image codes, 4 x 1024 audio."""
+    return Vocab(text_size=480, image_size=1024,
+                 audio=AudioSpec(codebook_size=1024, n_q=4, sample_rate=16000, frame_rate=50))
+
+
+def time_media(model: Transformer, vocab: Vocab, target: str, *, grid: tuple[int, int],
+               frames: int, cfg_scale: float, seed: int) -> float:
+    """Seconds to generate one image (or `frames` audio frames) at batch 1, prompt to close."""
+    grammar = Grammar(vocab, image_grid=grid, audio=True, target=target,
+                      max_audio_frames=frames, min_audio_frames=frames)
+    guidance = Guidance(cfg_scale) if cfg_scale != 1.0 else None
+    engine = Engine(model, grammar, ModalitySampling(), guidance)
+    text = vocab.range("text").start
+    budget = grammar.image_cost() - 1 if target == "image" else frames * vocab.audio.n_q + 1
+    state, opening = grammar.start(budget)
+    uncond = [vocab.special("<bos>"), vocab.special("<uncond>")] + opening
+    prompt = [vocab.special("<bos>")] + list(range(text + 10, text + 18)) + opening
+    request = Request(prompt, state, uncond if guidance else None, seed)
+    t0 = time.perf_counter()
+    for _ in engine.run([request]):
+        pass
+    return time.perf_counter() - t0
+
+
+def bench_media(model: Transformer, vocab: Vocab, *, repeats: int, grid: tuple[int, int] = (16, 16),
+                audio_seconds: float = 2.0, cfg_scale: float = 3.0, hf_model=None) -> list[dict]:
+    """Seconds per image (with and without guidance, and transformers generating the same
+    number of ids: batch 2 standing for the guided pair), and audio real-time factor with the
+    demo codec's decoder (random weights: speed only)."""
+    from omnitok.tokenizers.audio import AudioTokenizer, AudioTokenizerConfig
+
+    rows = []
+    n_image = grid[0] * grid[1] + 3  # grid header, codes, <eoi>
+    for scale in (1.0, cfg_scale):
+        model.pack_linears(batch_hint=1 if scale == 1.0 else 2)
+        t = time_call(lambda s=scale: time_media(model, vocab, "image", grid=grid, frames=1,
+                                                 cfg_scale=s, seed=0), repeats)
+        rows.append({"what": f"image {grid[0]}x{grid[1]}", "backend": "omnitok",
+                     "cfg": scale, "seconds": asdict(t), "ids_per_s": n_image / t.median})
+        if hf_model is not None:
+            rows_hf = 1 if scale == 1.0 else 2
+            prompt = torch.randint(0, vocab.size, (rows_hf, 10))
+            t = time_call(lambda p=prompt: time_hf(hf_model, p, n_image), repeats)
+            rows.append({"what": f"image {grid[0]}x{grid[1]}", "backend": "transformers",
+                         "cfg": scale, "seconds": asdict(t), "ids_per_s": n_image / t.median})
+    codec = AudioTokenizer(AudioTokenizerConfig()).eval()
+    frames = round(audio_seconds * vocab.audio.frame_rate)
+    model.pack_linears(batch_hint=1)
+    gen = time_call(lambda: time_media(model, vocab, "audio", grid=grid, frames=frames,
+                                       cfg_scale=1.0, seed=0), repeats)
+    codes = torch.randint(0, vocab.audio.codebook_size, (vocab.audio.n_q, frames))
+    with torch.inference_mode():
+        dec = time_call(lambda: codec.decode_long(codes, chunk_seconds=1.0,
+                                                  context_seconds=0.5), repeats)
+    total = gen.median + dec.median
+    rows.append({"what": f"audio {audio_seconds:g} s", "backend": "omnitok", "cfg": 1.0,
+                 "seconds": asdict(Timing(total, gen.low + dec.low, gen.high + dec.high)),
+                 "generate_s": gen.median, "codec_decode_s": dec.median,
+                 "realtime_factor": audio_seconds / total})
+    return rows

@@ -11,7 +11,7 @@ from omnitok.cli import COMMANDS, main
 
 def leaves(node=COMMANDS, path=()):
     for name, child in node.items():
-        if name == "_help":
+        if name.startswith("_"):
             continue
         if isinstance(child, dict):
             yield from leaves(child, (*path, name))

@@ -1,0 +1,44 @@
+"""`omnitok bench`: the default suite runs on the debug preset and its JSON has every field."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from omnitok.cli import main
+
+
+def test_suite_on_debug_preset(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    code = main(["bench", "--model", "debug", "--batch", "1,2", "--prompt-len", "8",
+                 "--gen-len", "4", "--repeats", "1", "--stages", "generate", "media",
+                 "tokenizers", "--json", str(out), "--plot", str(png)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "generation" in printed and "media" in printed and "tokenizers" in printed
+    report = json.loads(out.read_text())
+    assert {"omnitok", "torch", "triton", "device", "threads", "copy_GBps"} <= set(
+        report["info"])
+    backends = {(r["backend"], r["dtype"], r["batch"]) for r in report["generate"]}
+    assert backends == {(b, d, n) for n in (1, 2) for b, d in
+                        (("omnitok", "float32"), ("omnitok", "bfloat16"),
+                         ("transformers", "float32"))}
+    for r in report["generate"]:
+        assert r["decode_tok_s"] > 0 and r["step_ms"]["low"] <= r["step_ms"]["median"]
+    media = {(r["what"].split()[0], r["backend"], r["cfg"]) for r in report["media"]}
+    assert {("image", "omnitok", 1.0), ("image", "omnitok", 3.0),
+            ("image", "transformers", 3.0), ("audio", "omnitok", 1.0)} <= media
+    audio = [r for r in report["media"] if r["what"].startswith("audio")][0]
+    assert audio["realtime_factor"] > 0
+    directions = {(r["what"].split()[0], r["direction"]) for r in report["tokenizers"]}
+    assert directions == {("image", "encode"), ("image", "decode"), ("audio", "encode"),
+                          ("audio", "decode")}
+    assert Image.open(png).size[0] > 0
+
+
+def test_unknown_stage_is_one_line(capsys):
+    assert main(["bench", "--stages", "nope"]) == 1
+    assert "unknown stages" in capsys.readouterr().err
