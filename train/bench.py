@@ -15,7 +15,6 @@ or torch's peak allocation (CUDA).
 from __future__ import annotations
 
 import contextlib
-import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,7 +35,7 @@ class BenchRow:
     name: str  # "omnitok" or "transformers"
     precision: str  # "fp32" or "bf16"
     tokens_per_s: float
-    step_s: float  # median seconds per step
+    step_s: float  # fastest step, in seconds (the least disturbed on a shared machine)
     peak_mb: float  # peak memory during the timed steps
 
     def line(self) -> str:
@@ -86,7 +85,7 @@ def _rss_mb() -> float:
 
 def time_steps(step: Callable[[], None], steps: int, warmup: int, device: torch.device
                ) -> tuple[float, float]:
-    """(median seconds per step, peak MB) of `step` after `warmup` untimed calls."""
+    """(seconds of the fastest step, peak MB) of `step` after `warmup` untimed calls."""
     for _ in range(warmup):
         step()
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -98,7 +97,7 @@ def time_steps(step: Callable[[], None], steps: int, warmup: int, device: torch.
             step()
             sync()
             times.append(time.perf_counter() - t0)
-    return statistics.median(times), memory.peak_mb
+    return min(times), memory.peak_mb
 
 
 def omnitok_step(model: Transformer, ids: torch.Tensor, targets: torch.Tensor,
