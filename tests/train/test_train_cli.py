@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from omnitok.cli import main
@@ -132,3 +133,13 @@ def test_bad_input_gives_one_line_errors(train_data, baseline, tmp_path, capsys,
     assert "leaves no weight" in err
     err = one_line_error(train_argv(train_data, baseline, "--resume"), capsys)
     assert "already trained 12 steps" in err
+
+
+@pytest.mark.slow
+def test_compiled_model_follows_the_eager_curve(train_data, baseline, tmp_path, train_argv,
+                                                losses):
+    out = tmp_path / "compiled"
+    assert main(train_argv(train_data, out, "--compile", steps=3)) == 0
+    eager = losses(baseline)
+    for step, loss in losses(out).items():
+        assert abs(loss - eager[step]) <= 1e-4 * eager[step], (step, loss, eager[step])
