@@ -115,7 +115,7 @@ def bench_rows(model: Transformer, *, batches: list[int], prompt_len: int, gen_l
     for batch in batches:
         prompt = torch.randint(0, model.args.vocab_size - 64, (batch, prompt_len), generator=g)
         nbytes = bytes_per_step(model, batch, prompt_len + gen_len // 2)
-        model.pack_linears(batch_hint=batch)
+        model.pack_linears(batch_hint=max(16, batch))
         runs = [("omnitok", lambda p=prompt: time_engine(model, p, gen_len))]
         if compile:
             def compiled(p=prompt):
@@ -270,7 +270,7 @@ def bench_media(model: Transformer, vocab: Vocab, *, repeats: int, grid: tuple[i
     rows = []
     n_image = grid[0] * grid[1] + 3  # grid header, codes, <eoi>
     for scale in (1.0, cfg_scale):
-        model.pack_linears(batch_hint=1 if scale == 1.0 else 2)
+        model.pack_linears()
         t = time_call(lambda s=scale: time_media(model, vocab, "image", grid=grid, frames=1,
                                                  cfg_scale=s, seed=0), repeats)
         rows.append({"what": f"image {grid[0]}x{grid[1]}", "backend": "omnitok",
@@ -283,7 +283,6 @@ def bench_media(model: Transformer, vocab: Vocab, *, repeats: int, grid: tuple[i
                          "cfg": scale, "seconds": asdict(t), "ids_per_s": n_image / t.median})
     codec = AudioTokenizer(AudioTokenizerConfig()).eval()
     frames = round(audio_seconds * vocab.audio.frame_rate)
-    model.pack_linears(batch_hint=1)
     gen = time_call(lambda: time_media(model, vocab, "audio", grid=grid, frames=frames,
                                        cfg_scale=1.0, seed=0), repeats)
     codes = torch.randint(0, vocab.audio.codebook_size, (vocab.audio.n_q, frames))

@@ -82,6 +82,7 @@ class Generator:
 
     def _pack_for(self, rows: int) -> None:
         """oneDNN packs a weight for an expected row count: repack when the batch changes."""
+        rows = max(16, rows)
         if self.pack and rows != self.packed_rows:
             self.pack = self.model.pack_linears(batch_hint=rows)
             self.packed_rows = rows

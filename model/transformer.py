@@ -157,9 +157,12 @@ class Transformer(nn.Module):
         self.rope = rope_cache(self.args, self.tok_embeddings.weight.device)
 
     # ---- inference ---------------------------------------------------------------------
-    def pack_linears(self, batch_hint: int = 1) -> bool:
+    def pack_linears(self, batch_hint: int = 16) -> bool:
         """Attach oneDNN-packed weights to every linear layer (CPU inference; see
-        kernels/packed_linear.py). False where unsupported. Repack after changing weights."""
+        kernels/packed_linear.py). False where unsupported. Repack after changing weights.
+
+        batch_hint: rows per matmul the layout is tuned for; 16 served batches of 1 to 16
+        best on a 2-core AVX-512 CPU (better than the exact row count for one row)."""
         linears = [m for m in self.modules() if isinstance(m, Linear)]
         if not all(packed_linear.supports(m.weight) for m in linears):
             return False
