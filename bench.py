@@ -60,7 +60,8 @@ def time_call(fn: Callable[[], object], repeats: int) -> Timing:
 
 
 def copy_bandwidth(megabytes: int = 512, repeats: int = 9) -> Timing:
-    """Bytes/s of a large tensor copy, counting bytes read + bytes written (STREAM's Copy)."""
+    """Bytes copied per second by a large tensor copy (STREAM's Copy counts twice this:
+    each byte is read and written). The usual roof for memory-bound decoding."""
     n = megabytes * 2**20 // 4
     src, dst = torch.rand(n), torch.empty(n)
     dst.copy_(src)  # touch the pages
@@ -68,7 +69,20 @@ def copy_bandwidth(megabytes: int = 512, repeats: int = 9) -> Timing:
     for _ in range(repeats):
         t0 = time.perf_counter()
         dst.copy_(src)
-        rates.append(2 * n * 4 / (time.perf_counter() - t0))
+        rates.append(n * 4 / (time.perf_counter() - t0))
+    return Timing.of(rates)
+
+
+def read_bandwidth(megabytes: int = 512, repeats: int = 9) -> Timing:
+    """Bytes read per second by a large tensor sum: the roof of a read-only workload (higher
+    than the copy's: nothing is written back)."""
+    src = torch.rand(megabytes * 2**20 // 4)
+    src.sum()
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        src.sum()
+        rates.append(src.numel() * 4 / (time.perf_counter() - t0))
     return Timing.of(rates)
 
 
@@ -135,8 +149,9 @@ def bench_suite(*, compare: Literal["hf", "none"] = "hf", model: str = "small",
     unknown = sorted(set(stages) - set(STAGES))
     if unknown:
         raise OmnitokError(f"unknown stages {unknown}; choose from {', '.join(STAGES)}")
-    copy = copy_bandwidth()
+    copy, read = copy_bandwidth(), read_bandwidth()
     info = {**machine(), "model": model, "copy_GBps": round(copy.high / 1e9, 2),
+            "read_GBps": round(read.high / 1e9, 2),
             "repeats": repeats, "attention": "sdpa" if not torch.cuda.is_available()
             else "triton"}
     print(" | ".join(f"{k} {v}" for k, v in info.items()))
@@ -153,8 +168,8 @@ def bench_suite(*, compare: Literal["hf", "none"] = "hf", model: str = "small",
                                              compile=False, hf_model=hf)
             rows = _drop_repeated_hf(rows)
             print("\ngeneration (greedy, random weights)")
-            gen_bench.print_table(rows, copy.high)
-            report["generate"] = gen_bench.row_records(rows, copy.high)
+            gen_bench.print_table(rows, copy.high, read.high)
+            report["generate"] = gen_bench.row_records(rows, copy.high, read.high)
             if plot is not None:
                 gen_bench.plot_throughput(rows, plot)
         if "media" in stages:

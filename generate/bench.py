@@ -2,10 +2,11 @@
 
 `omnitok bench generate` prints, per backend and batch size: time to first id, prefill tok/s,
 decode tok/s and ms/step, the memory bandwidth the decode achieves (weights + KV cache read
-per step x steps/s) and its share of the machine's copy bandwidth measured in the same process
-(STREAM convention: bytes read + bytes written per second, best of several copies of 512 MiB),
-and the ratio to `transformers`. Each figure is the median over `repeats` runs after a warm-up
-run, with the spread (min..max) so that two runs can be compared.
+per step x steps/s) as a share of the machine's copy bandwidth (bytes copied per second) and
+of its read bandwidth (bytes summed per second), both measured in the same process (best of
+several passes over 512 MiB), and the ratio to `transformers`. Each figure is the median over
+`repeats` runs after a warm-up run, with the spread (min..max) so that two runs can be
+compared.
 """
 
 from __future__ import annotations
@@ -17,7 +18,15 @@ from typing import Literal
 
 import torch
 
-from omnitok.bench import Timing, copy_bandwidth, machine, measure, time_call, write_report
+from omnitok.bench import (
+    Timing,
+    copy_bandwidth,
+    machine,
+    measure,
+    read_bandwidth,
+    time_call,
+    write_report,
+)
 from omnitok.generate.engine import Engine, Guidance, Request, compiled_decode_step
 from omnitok.generate.grammar import Grammar
 from omnitok.generate.sampling import ModalitySampling
@@ -170,8 +179,8 @@ def bench_generate(*, model: str = "small", batch: list[int] = (1, 8), prompt_le
     info = {**machine(), "model": model, "params": net.args.num_params(), "dtype": dtype,
             "attention": describe_backend("sdpa"), "prompt_len": prompt_len,
             "gen_len": gen_len, "repeats": repeats}
-    copy = copy_bandwidth()
-    info["copy_GBps"] = round(copy.high / 1e9, 2)  # best of the copies: the least disturbed
+    copy, read = copy_bandwidth(), read_bandwidth()  # best of the passes: the least disturbed
+    info["copy_GBps"], info["read_GBps"] = round(copy.high / 1e9, 2), round(read.high / 1e9, 2)
     if compile:
         t0 = time.perf_counter()
         time_engine(net, torch.zeros(1, 8, dtype=torch.long), 4, compiled_decode_step(net))
@@ -180,9 +189,9 @@ def bench_generate(*, model: str = "small", batch: list[int] = (1, 8), prompt_le
                       repeats=repeats, compare_hf=hf is not None, compile=compile, hf_model=hf,
                       seed=seed)
     print(" | ".join(f"{k} {v}" for k, v in info.items()))
-    print_table(rows, copy.high)
+    print_table(rows, copy.high, read.high)
     if json is not None:
-        write_report(json, {"info": info, "rows": row_records(rows, copy.high)})
+        write_report(json, {"info": info, "rows": row_records(rows, copy.high, read.high)})
     if plot is not None:
         plot_throughput(rows, plot)
 
@@ -192,25 +201,29 @@ def _hf_ratio(row: Row, rows: list[Row]) -> float | None:
     return row.decode_tok_s / ref[0].decode_tok_s if ref else None
 
 
-def print_table(rows: list[Row], copy_bps: float) -> None:
-    """Decode rows; % copy = bytes read per second / the copy bandwidth (read + write)."""
-    print(f"{'backend':<16}{'dtype':<10}{'batch':>5}{'first ms':>10}{'prefill/s':>11}"
-          f"{'decode/s':>10}{'ms/step':>9}{'spread':>14}{'GB/s':>7}{'% copy':>8}{'x HF':>7}")
+def print_table(rows: list[Row], copy_bps: float, read_bps: float) -> None:
+    """Decode rows; GB/s = bytes the decode reads per second; % copy and % read: its share of
+    the copy and read bandwidths; x HF: decode tok/s over transformers' at the same batch."""
+    print(f"{'backend':<16}{'dtype':<10}{'batch':>5}{'first ms':>9}{'prefill/s':>10}"
+          f"{'decode/s':>9}{'ms/step':>8}{'spread':>12}{'GB/s':>6}{'%copy':>6}{'%read':>6}"
+          f"{'x HF':>6}")
     for r in rows:
         ratio = _hf_ratio(r, rows)
-        spread = f"{r.step_ms.low:.1f}-{r.step_ms.high:.1f}"
-        print(f"{r.backend:<16}{r.dtype:<10}{r.batch:>5}{r.first_ms.median:>10.0f}"
-              f"{r.prefill_tok_s:>11.0f}{r.decode_tok_s:>10.1f}{r.step_ms.median:>9.2f}"
-              f"{spread:>14}{r.bandwidth() / 1e9:>7.1f}{100 * r.bandwidth() / copy_bps:>7.0f}%"
-              f"{'' if ratio is None else f'{ratio:.2f}':>7}")
+        bw = r.bandwidth()
+        print(f"{r.backend:<16}{r.dtype:<10}{r.batch:>5}{r.first_ms.median:>9.0f}"
+              f"{r.prefill_tok_s:>10.0f}{r.decode_tok_s:>9.1f}{r.step_ms.median:>8.2f}"
+              f"{f'{r.step_ms.low:.1f}-{r.step_ms.high:.1f}':>12}{bw / 1e9:>6.1f}"
+              f"{100 * bw / copy_bps:>5.0f}%{100 * bw / read_bps:>5.0f}%"
+              f"{'' if ratio is None else f'{ratio:.2f}':>6}")
 
 
-def row_records(rows: list[Row], copy_bps: float) -> list[dict]:
+def row_records(rows: list[Row], copy_bps: float, read_bps: float) -> list[dict]:
     return [{"backend": r.backend, "dtype": r.dtype, "batch": r.batch,
              "first_ms": asdict(r.first_ms), "step_ms": asdict(r.step_ms),
              "prefill_tok_s": r.prefill_tok_s, "decode_tok_s": r.decode_tok_s,
              "bandwidth_GBps": r.bandwidth() / 1e9, "copy_share": r.bandwidth() / copy_bps,
-             "vs_hf": _hf_ratio(r, rows)} for r in rows]
+             "read_share": r.bandwidth() / read_bps, "vs_hf": _hf_ratio(r, rows)}
+            for r in rows]
 
 
 def plot_throughput(rows: list[Row], path: Path) -> None:
