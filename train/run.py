@@ -219,7 +219,8 @@ def train(config: TrainConfig) -> Summary:
     trainer = pl.Trainer(
         accelerator=config.accelerator, devices=config.devices, num_nodes=config.num_nodes,
         strategy=make_strategy(config), precision=PRECISIONS[config.precision],
-        max_steps=config.max_steps - start.state.step, accumulate_grad_batches=config.accumulate,
+        max_steps=config.max_steps - start.state.step, max_epochs=1,  # one endless epoch
+        accumulate_grad_batches=config.accumulate,
         logger=False, enable_checkpointing=False,
         enable_progress_bar=config.progress, enable_model_summary=False, callbacks=[recorder],
         use_distributed_sampler=False, num_sanity_val_steps=0, limit_val_batches=0,
