@@ -152,9 +152,7 @@ def quiet_lightning() -> None:
     """Lightning's informational lines and advice meant for GPU clusters stay off the screen."""
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    for pattern in (".*does not have many workers.*", ".*sync_dist=True.*",
-                    ".*`training_step` returned.*", ".*is an invalid.*Trainer.*",
-                    ".*on_train_batch_end.*", ".*LeafSpec.*"):
+    for pattern in (".*does not have many workers.*", ".*LeafSpec.*"):
         warnings.filterwarnings("ignore", message=pattern)
 
 
@@ -165,7 +163,6 @@ def validate(config: TrainConfig) -> None:
     if config.strategy == "fsdp" and _device(config) == "cpu":
         raise TrainConfigError("--strategy fsdp needs CUDA devices (Lightning's FSDP does not "
                                "run on the CPU); use --strategy ddp")
-
 
 
 @dataclass
