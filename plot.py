@@ -74,6 +74,8 @@ def _legend(draw: ImageDraw.ImageDraw, corner: tuple[float, float], series: Seri
             colors: dict[str, tuple[int, int, int]], font) -> None:
     x1, y0 = corner
     shown = [name for name, s in series.items() if s]
+    if not shown:
+        return
     width = 30 + 6 * max(len(name) for name in shown)
     draw.rectangle((x1 - width - 6, y0 + 2, x1 - 2, y0 + 6 + 14 * len(shown)), fill="white",
                    outline=(200, 200, 200))
