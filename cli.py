@@ -50,6 +50,8 @@ COMMANDS: dict = {
                  "Pre-tokenize a corpus manifest into shards of unified-vocabulary ids."),
     "train": ("omnitok.train.commands:train_command",
               "Train (or fine-tune, or resume) the model on pre-tokenized shards."),
+    "eval": ("omnitok.demo.evaluate:eval_command",
+             "Score a checkpoint on held-out prompts in every direction with independent judges."),
     "tokenizer": {
         "_help": "Train and inspect tokenizers.",
         "train": {
@@ -83,6 +85,8 @@ COMMANDS: dict = {
                        "Images/s of the image tokenizer, real-time factors of the codec."),
         "generate": ("omnitok.generate.bench:bench_generate",
                      "Decode speed per batch size, side by side with transformers."),
+        "train": ("omnitok.train.bench:bench_train_command",
+                  "Training step tokens/s and peak memory, side by side with transformers."),
         "kernels": ("omnitok.kernels.bench:bench_kernels",
                     "Time the attention backends (TFLOP/s); on CPU only correctness applies."),
     },

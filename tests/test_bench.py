@@ -42,3 +42,18 @@ def test_suite_on_debug_preset(tmp_path, capsys):
 def test_unknown_stage_is_one_line(capsys):
     assert main(["bench", "--stages", "nope"]) == 1
     assert "unknown stages" in capsys.readouterr().err
+
+
+def test_bench_train_json(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    out = tmp_path / "train.json"
+    code = main(["bench", "train", "--model", "debug", "--seq-len", "32", "--steps", "2",
+                 "--warmup", "1", "--threads", "1", "--json", str(out)])
+    assert code == 0
+    rows = json.loads(out.read_text())["train"]
+    assert {(r["name"], r["precision"]) for r in rows} == {
+        (n, p) for n in ("omnitok", "transformers") for p in ("fp32", "bf16")}
+    for r in rows:
+        s = r["step_s"]
+        assert r["tokens_per_s"] > 0 and r["peak_mb"] > 0 and s["low"] <= s["median"] <= s["high"]
+    assert main(["bench", "train", "--precision", "fp8"]) == 1

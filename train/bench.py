@@ -19,9 +19,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
 
 import torch
 
+from omnitok import OmnitokError
+from omnitok.bench import Timing
 from omnitok.model.config import ModelArgs
 from omnitok.model.transformer import Transformer
 from omnitok.tokenizers.vocab import AudioSpec, Vocab
@@ -34,13 +38,15 @@ BENCH_VOCAB = Vocab(text_size=8000, image_size=1024, audio=AudioSpec(1024, 4, 16
 class BenchRow:
     name: str  # "omnitok" or "transformers"
     precision: str  # "fp32" or "bf16"
-    tokens_per_s: float
-    step_s: float  # fastest step, in seconds (the least disturbed on a shared machine)
+    tokens_per_s: float  # at the median step
+    step_s: Timing  # seconds per step: median, fastest, slowest
     peak_mb: float  # peak memory during the timed steps
 
     def line(self) -> str:
+        s = self.step_s
         return (f"{self.name:13s} {self.precision:5s} {self.tokens_per_s:9,.0f} tokens/s  "
-                f"{self.step_s * 1e3:8.1f} ms/step  peak {self.peak_mb:8,.0f} MB")
+                f"{s.median * 1e3:8.1f} ms/step [{s.low * 1e3:.0f}-{s.high * 1e3:.0f}]  "
+                f"peak {self.peak_mb:8,.0f} MB")
 
 
 class PeakMemory:
@@ -84,8 +90,8 @@ def _rss_mb() -> float:
 
 
 def time_steps(step: Callable[[], None], steps: int, warmup: int, device: torch.device
-               ) -> tuple[float, float]:
-    """(seconds of the fastest step, peak MB) of `step` after `warmup` untimed calls."""
+               ) -> tuple[Timing, float]:
+    """(seconds per step, peak MB) of `step` after `warmup` untimed calls."""
     for _ in range(warmup):
         step()
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -97,7 +103,7 @@ def time_steps(step: Callable[[], None], steps: int, warmup: int, device: torch.
             step()
             sync()
             times.append(time.perf_counter() - t0)
-    return min(times), memory.peak_mb
+    return Timing.of(times), memory.peak_mb
 
 
 def omnitok_step(model: Transformer, ids: torch.Tensor, targets: torch.Tensor,
@@ -178,4 +184,41 @@ def _measure(name: str, precision: str, preset: str, batch_size: int, seq_len: i
         step = omnitok_step(model, ids, targets, bf16, compiled)
         name += " (compiled)" if compiled else ""
     step_s, peak = time_steps(step, steps, warmup, dev)
-    return BenchRow(name, precision, ids.numel() / step_s, step_s, peak - base)
+    return BenchRow(name, precision, ids.numel() / step_s.median, step_s, peak - base)
+
+
+def bench_train_command(*, model: str = "small", batch_size: int = 1, seq_len: int = 512,
+                        steps: int = 5, warmup: int = 2, precision: list[str] = ("fp32", "bf16"),
+                        compile: bool = False, compare: Literal["hf", "none"] = "hf",
+                        device: str = "cpu", threads: int | None = None,
+                        json: Path | None = None) -> None:
+    """Training step throughput and peak memory, side by side with transformers.
+
+    Args:
+        model: model preset with random weights.
+        batch_size: rows per step.
+        seq_len: tokens per row.
+        steps: timed steps per row of the table (after the warm-up steps).
+        warmup: untimed steps first.
+        precision: fp32 and/or bf16 (autocast).
+        compile: compile omnitok's model with torch.compile.
+        compare: `hf` also times transformers' forward + backward on the same weights.
+        device: cpu or cuda.
+        threads: CPU threads (default: torch's).
+        json: also write the rows here.
+    """
+    from dataclasses import asdict
+
+    from omnitok.bench import machine, write_report
+
+    bad = sorted(set(precision) - {"fp32", "bf16"})
+    if bad:
+        raise OmnitokError(f"unknown precision {bad}; choose fp32 and/or bf16")
+    rows = bench_train(model, batch_size, seq_len, steps, warmup, tuple(precision), compile,
+                       device, compare == "hf", threads)
+    info = {**machine(), "model": model, "batch_size": batch_size, "seq_len": seq_len}
+    print(" | ".join(f"{k} {v}" for k, v in info.items()))
+    for row in rows:
+        print(row.line())
+    if json is not None:
+        write_report(json, {"info": info, "train": [asdict(r) for r in rows]})
