@@ -57,7 +57,8 @@ def check_media(path: Path, kind: str, tokenizers: TokenizerBundle) -> None:
     """Refuse a media prompt that the checkpoint cannot read, before any work starts."""
     got = media_kind(path)
     if got != kind:
-        raise OmnitokError(f"{path}: a {got} file given as --{kind}")
+        article = "an" if got[0] in "aeiou" else "a"
+        raise OmnitokError(f"{path}: {article} {got} file given as --{kind}")
     if getattr(tokenizers, kind) is None:
         raise OmnitokError(f"{path}: this checkpoint has no {kind} tokenizer, so it cannot "
                            f"read {kind} prompts")

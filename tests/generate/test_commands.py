@@ -126,7 +126,7 @@ def test_bad_input_gives_one_line_and_no_files(capsys, any_ckpt, text_ckpt, medi
         (("generate", any_ckpt, "--text", "red " * 400, "--to", "image"), "positions"),
         (("generate", any_ckpt, "--text", ""), "prompt is empty"),
         (("generate", any_ckpt), "no prompt"),
-        (("generate", any_ckpt, "--image", media / "in.wav"), "audio file given as --image"),
+        (("generate", any_ckpt, "--image", media / "in.wav"), "an audio file given as --image"),
         (("generate", tmp_path / "missing", "--text", "x"), "no such checkpoint"),
         (("generate", any_ckpt, "--text", "x", "--cfg-interval", "0.5", "0.2"), "cfg-interval"),
         (("generate", any_ckpt, "--text", "x", "--text.top-p", "0"), "top_p"),
