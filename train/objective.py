@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from omnitok.model.loss import IGNORE
 from omnitok.tokenizers.vocab import Modality, Vocab
@@ -52,9 +53,11 @@ def objective(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor
     target, w = targets.flatten(), weights.flatten().float()
     valid = target != IGNORE
     safe = target.clamp(min=0)
-    lse = torch.logsumexp(flat, dim=-1)  # (N,)
-    ce = (lse - flat.gather(1, safe[:, None]).squeeze(1)) * valid
-    per_token = ce + z_loss * lse.square() * valid if z_loss else ce
+    # torch's fused log-softmax + NLL (forward and backward in one pass over the logits)
+    ce = F.cross_entropy(flat, safe, reduction="none") * valid  # (N,)
+    per_token = ce
+    if z_loss:
+        per_token = ce + z_loss * torch.logsumexp(flat, dim=-1).square() * valid
     weighted = (per_token * w).sum()
     denom = w.sum() if normalizer is None else normalizer
     loss = weighted / torch.as_tensor(denom, dtype=torch.float32).clamp(min=1e-8)
