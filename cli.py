@@ -35,8 +35,13 @@ from omnitok import OmnitokError, __version__
 
 SHORT = {"output": "-o"}  # short aliases of common flags
 COMMANDS: dict = {
-    "demo": ("omnitok.generate.demo:demo",
-             "Run the built-in default end to end and print what it produced."),
+    "demo": {
+        "_help": "The built-in default: run it, or train it again from scratch.",
+        "_default": ("omnitok.generate.demo:demo",
+                     "Run the built-in default end to end and print what it produced."),
+        "train": ("omnitok.demo.recipe:demo_train",
+                  "The recipe of the built-in default: data, tokenizers, training, eval."),
+    },
     "generate": ("omnitok.generate.commands:generate_command",
                  "Generate text, images and audio from mixed prompts."),
     "data": {

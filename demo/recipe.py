@@ -1,0 +1,164 @@
+"""`omnitok demo train`: the whole recipe of the built-in default, resumable stage by stage.
+
+    data        omnitok data demo          -> DATA/{train,heldout}.jsonl, images/, audio/
+    text        omnitok tokenizer train text  -> OUT/tok/text.model
+    image       omnitok tokenizer train image -> OUT/tok/image/
+    audio       omnitok tokenizer train audio -> OUT/tok/audio/
+    tokenize    omnitok tokenize           -> OUT/shards/
+    train       omnitok train              -> OUT/run/ (checkpoints, metrics, curves)
+    eval        omnitok eval               -> OUT/eval/ (eval.json, contact sheet)
+
+Each stage is skipped when its output is complete (the data builder, the tokenizer and the
+trainer resume on their own), so an interrupted recipe picks up where it stopped: rerun the
+same command. `--quick` is the plumbing check CI runs: a small world, tokenizers trained for
+a few steps, the `debug` preset, minutes instead of an hour.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from omnitok import OmnitokError, atomic_write_text
+
+STAGES = ("data", "text", "image", "audio", "tokenize", "train", "eval")
+
+
+@dataclass
+class RecipeSettings:
+    """Sizes of the recipe; `quick()` is the CI-sized version."""
+
+    n_train: int = 4000
+    n_heldout: int = 400
+    text_vocab: int = 512
+    image_minutes: float = 10.0
+    image_steps: int | None = None
+    audio_minutes: float = 8.0
+    audio_steps: int | None = None
+    preset: str = "tiny"
+    train_steps: int = 6000
+    batch_size: int = 16
+    seq_len: int = 1024
+    lr: float = 2e-3
+    condition_dropout: float = 0.1
+    eval_limit: int = 0
+
+    @classmethod
+    def quick(cls) -> RecipeSettings:
+        return cls(n_train=24, n_heldout=8, text_vocab=300, image_steps=4, audio_steps=4,
+                   preset="debug", train_steps=6, batch_size=2, seq_len=1024, eval_limit=1)
+
+
+def demo_train(*, out: Path = Path("runs/demo"), data: Path = Path("data/demo"),
+               quick: bool = False, stages: list[str] = STAGES, preset: str | None = None,
+               train_steps: int | None = None, threads: int | None = None,
+               seed: int = 0) -> None:
+    """Run the recipe of the built-in default: data, tokenizers, shards, training, eval.
+
+    Args:
+        out: folder for the tokenizers (tok/), shards, the training run (run/) and eval/.
+        data: folder of the shapes-and-speech world (built when missing).
+        quick: the small plumbing check (minutes): tiny world, debug preset, few steps.
+        stages: stages to run, in order (finished ones are skipped): data text image audio
+            tokenize train eval.
+        preset: model preset (default: tiny; debug with --quick).
+        train_steps: optimizer steps of the model.
+        threads: CPU threads for training (default: torch's).
+        seed: seed of every stage.
+    """
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        raise OmnitokError(f"unknown stages {unknown}; choose from {', '.join(STAGES)}")
+    s = RecipeSettings.quick() if quick else RecipeSettings()
+    s.preset, s.train_steps = preset or s.preset, train_steps or s.train_steps
+    out.mkdir(parents=True, exist_ok=True)
+    runners = _stages(out, data, s, threads, seed)
+    log = _read_log(out)
+    for name in STAGES:
+        if name not in stages:
+            continue
+        t0 = time.perf_counter()
+        print(f"== {name}", flush=True)
+        runners[name]()
+        log[name] = {"seconds": round(time.perf_counter() - t0, 1)}
+        _write_log(out, log, s)
+    total = sum(v["seconds"] for v in log.values())
+    print(f"recipe done in {total / 60:.1f} min: checkpoint {out / 'run' / 'last'}, "
+          f"eval {out / 'eval'}")
+
+
+def _stages(out: Path, data: Path, s: RecipeSettings, threads: int | None,
+            seed: int) -> dict[str, Callable[[], None]]:
+    tok, manifest = out / "tok", data / "train.jsonl"
+
+    def text() -> None:
+        from omnitok.tokenizers.commands import train_text
+
+        if not (tok / "text.model").exists():
+            train_text(data=[manifest], out=tok, vocab_size=s.text_vocab, seed=seed)
+
+    def image() -> None:
+        from omnitok.tokenizers.image_train import train_image_command
+
+        if not (tok / "image" / "model.safetensors").exists():
+            train_image_command(data=[manifest], out=tok / "image", minutes=s.image_minutes,
+                                steps=s.image_steps, seed=seed, threads=threads)
+
+    def audio() -> None:
+        from omnitok.tokenizers.audio_train import train_audio_command
+
+        if not (tok / "audio" / "model.safetensors").exists():
+            train_audio_command(data=[manifest], out=tok / "audio", minutes=s.audio_minutes,
+                                steps=s.audio_steps, seed=seed, threads=threads)
+
+    def data_stage() -> None:
+        from omnitok.demo.commands import build_demo_data
+
+        build_demo_data(out=data, n_train=s.n_train, n_heldout=s.n_heldout, seed=seed)
+
+    def tokenize() -> None:
+        from omnitok.tokenizers.bundle import TokenizerBundle
+        from omnitok.train.commands import tokenize_command
+
+        bundle = TokenizerBundle.load(tok)
+        if not (tok / "vocab.json").exists():
+            bundle.vocab.save(tok / "vocab.json")
+        tokenize_command(manifest, tokenizer=tok, out=out / "shards", workers=2)
+
+    def train() -> None:
+        from omnitok.train.commands import train_command
+
+        run = out / "run"
+        train_command(data=out / "shards", out=run, model=s.preset, tokenizer=tok,
+                      resume=(run / "last").exists(), max_steps=s.train_steps,
+                      batch_size=s.batch_size, seq_len=s.seq_len, lr=s.lr,
+                      min_lr=s.lr / 10, warmup_steps=min(200, s.train_steps // 10 + 1),
+                      condition_dropout=s.condition_dropout, seed=seed, threads=threads,
+                      checkpoint_every=max(1, min(500, s.train_steps)))
+
+    def evaluate() -> None:
+        from omnitok.demo.evaluate import eval_command
+
+        eval_command(out / "run" / "last", data=data / "heldout.jsonl", limit=s.eval_limit,
+                     out=out / "eval", seed=seed)
+
+    return {"data": data_stage, "text": text, "image": image, "audio": audio,
+            "tokenize": tokenize, "train": train, "eval": evaluate}
+
+
+def _read_log(out: Path) -> dict:
+    path = out / "recipe.json"
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("stages", {})
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_log(out: Path, log: dict, settings: RecipeSettings) -> None:
+    atomic_write_text(out / "recipe.json", json.dumps(
+        {"settings": asdict(settings), "stages": log}, indent=2) + "\n")
