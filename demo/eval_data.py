@@ -117,4 +117,7 @@ def choose_directions(groups: dict[str, list[EvalItem]],
     if unknown:
         raise OmnitokError(f"unknown direction {unknown[0]!r}; choose from {', '.join(ORDER)}")
     keys = {direction_key(w) for w in wanted}
-    return {k: v for k, v in groups.items() if k in keys}
+    chosen = {k: v for k, v in groups.items() if k in keys}
+    if not chosen:
+        raise OmnitokError(f"the manifest has no lines of {', '.join(sorted(keys))}")
+    return chosen

@@ -20,7 +20,13 @@ from omnitok.demo.eval_baselines import (
     read_image,
     read_speech,
 )
-from omnitok.demo.eval_data import ALL_THREE, by_direction, direction_key, read_heldout
+from omnitok.demo.eval_data import (
+    ALL_THREE,
+    by_direction,
+    choose_directions,
+    direction_key,
+    read_heldout,
+)
 from omnitok.demo.eval_metrics import (
     aggregate,
     judge_image,
@@ -114,6 +120,9 @@ def test_read_heldout(world):
     limited = read_heldout(world / "heldout.jsonl", limit=1)
     assert len(by_direction(limited)["image->text"]) == 2  # one per split
     assert direction_key("image->text->audio") == "image+text->audio"
+    assert list(choose_directions(groups, ["image->text"])) == ["image->text"]
+    with pytest.raises(OmnitokError, match="no lines of image->text"):
+        choose_directions({"text->image": groups["text->image"]}, ["image->text"])
 
 
 def test_read_heldout_refuses_bad_manifests(tmp_path, world):
@@ -247,11 +256,31 @@ def test_eval_skips_directions_without_a_tokenizer(world, tmp_path, text_tokeniz
     assert report["contact_sheet"] is None and not (out / "contact_sheet.png").exists()
 
 
+def test_eval_warns_when_a_judge_fails_on_ground_truth(world, ckpt, tmp_path, capsys):
+    lines = [json.loads(x) for x in (world / "heldout.jsonl").read_text().splitlines()]
+    for line in lines:  # every recorded shape wrong: the judge disagrees with the "truth"
+        shape = line["attrs"]["shape"]
+        line["attrs"]["shape"] = "star" if shape != "star" else "circle"
+    lied = world / "lied.jsonl"
+    lied.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    try:
+        eval_command(ckpt, data=lied, out=tmp_path / "eval", limit=1, sheet=0,
+                     directions=["text->image"], quiet=True)
+    finally:
+        lied.unlink()
+    out = capsys.readouterr().out
+    assert "WARNING: the image judge scores 0.0% on ground-truth heldout-seen image" in out
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert len(report["warnings"]) == 2  # seen and unseen
+
+
 def test_cli_bad_input_is_one_line(world, ckpt, tmp_path, capsys):
     runs = [
         (["eval", str(ckpt), "--data", str(tmp_path / "missing.jsonl")], "cannot read"),
         (["eval", str(ckpt), "--data", str(world / "heldout.jsonl"), "--directions", "x->y"],
          "unknown direction"),
+        (["eval", str(ckpt), "--data", str(world / "heldout.jsonl"), "--limit", "1",
+          "--cfg-scale", "3", "--batch-size", "0"], "--batch-size"),
         (["eval", str(tmp_path / "nockpt"), "--data", str(world / "heldout.jsonl")], "nockpt"),
     ]
     plain = tmp_path / "plain.jsonl"
