@@ -62,7 +62,8 @@ class DirectionRun:
     direction: str
     outcomes: list[Outcome]
     cells: list[Cell]
-    seconds: float  # generation only
+    seconds: float  # generation
+    judge_seconds: float  # decoding, judging and saving the answers
     counts: dict  # lines, generated ids
 
 
@@ -106,7 +107,7 @@ def run_direction(gen: Generator, job: Prepared, out: Path, judges: dict,
     """Generate, judge and save every answer of one direction."""
     t0 = time.perf_counter()
     answers = generate(gen, job.docs, job.settings, progress)
-    seconds = time.perf_counter() - t0
+    t1 = time.perf_counter()
     outcomes, cells = [], []
     for item, answer in zip(job.items, answers):
         outcome, pixels = judge_answer(gen.tokenizers, item, answer.document, judges, out)
@@ -115,7 +116,8 @@ def run_direction(gen: Generator, job: Prepared, out: Path, judges: dict,
             tag = "[unseen] " if item.split == "heldout-unseen" else ""
             cells.append(Cell(pixels, tag + item.prompt_text(), outcome.correct))
     counts = {"lines": len(answers), "generated_ids": sum(len(a.ids) for a in answers)}
-    return DirectionRun(job.direction, outcomes, cells, round(seconds, 3), counts)
+    return DirectionRun(job.direction, outcomes, cells, round(t1 - t0, 3),
+                        round(time.perf_counter() - t1, 3), counts)
 
 
 @torch.inference_mode()

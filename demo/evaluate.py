@@ -148,13 +148,15 @@ def evaluate(checkpoint, groups: dict[str, list[EvalItem]], settings: EvalSettin
     from omnitok.generate.generator import Generator
 
     gen = Generator(checkpoint)
+    t = time.perf_counter()
     prepared = {d: prepare(gen, d, its, settings) for d, its in groups.items()}  # fail early
+    seconds = {"prompts": round(time.perf_counter() - t, 3)}
     items = [it for its in groups.values() for it in its]
     kinds = list(dict.fromkeys(its[0].kind for its in groups.values()))
     judges = make_judges(kinds)
-    t0 = time.perf_counter()
+    t = time.perf_counter()
     base = baselines(items, kinds, checkpoint.tokenizers, judges)
-    t1 = time.perf_counter()
+    seconds["baselines"] = round(time.perf_counter() - t, 3)
     runs = run_all(gen, prepared, Path(out), judges, quiet)
     outcomes = [o for r in runs for o in r.outcomes]
     scores = aggregate(outcomes, {d: its[0].kind for d, its in groups.items()})
@@ -166,8 +168,8 @@ def evaluate(checkpoint, groups: dict[str, list[EvalItem]], settings: EvalSettin
     return {"settings": asdict(settings), "scores": scores, "baselines": base,
             "warnings": judge_warnings(base), "contact_sheet": str(path) if path else None,
             "counts": {r.direction: r.counts for r in runs},
-            "seconds": {"baselines": round(t1 - t0, 3),
-                        **{f"generate {r.direction}": r.seconds for r in runs}},
+            "seconds": {**seconds, **{f"generate {r.direction}": r.seconds for r in runs},
+                        **{f"judge {r.direction}": r.judge_seconds for r in runs}},
             "items": [asdict(o) for o in outcomes]}
 
 

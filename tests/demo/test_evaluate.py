@@ -231,6 +231,8 @@ def test_eval_end_to_end(world, ckpt, tmp_path, capsys):
     assert base["text"]["heldout-seen"]["roundtrip"]["all"] == 1.0
     assert report["warnings"] == [] and report["skipped"] == []
     assert report["settings"]["batch_size"] == 8 and report["seconds"]["total"] > 0
+    assert {"prompts", "baselines", "generate text->image", "judge audio->image",
+            "total"} <= set(report["seconds"])
     assert report["counts"]["text->image"]["lines"] == len(groups["text->image"])
     assert len(report["items"]) == len(items)
     files = [it["file"] for it in report["items"] if it["file"]]
