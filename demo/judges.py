@@ -199,7 +199,9 @@ class SpeechJudge:
         mel = _dot(power.astype(np.float32), self._fbank)  # (T, 40)
         floor = mel.max() * 10 ** (-self.floor_db / 10) + 1e-10
         c = _dot(np.log(mel + floor), self._dct)  # (T, 16)
-        n = max(1, len(c) // self.pool)
+        if len(c) < self.pool:  # under one pooled frame of sound: pad with its last frame
+            c = np.pad(c, ((0, self.pool - len(c)), (0, 0)), mode="edge")
+        n = len(c) // self.pool
         c = c[: n * self.pool].reshape(n, self.pool, -1).mean(1)
         return (c - c.mean(0)).astype(np.float32)
 
