@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from omnitok import OmnitokError
@@ -41,19 +40,15 @@ from omnitok.demo.world import COLOURS, DIRECTIONS, build_world
 from omnitok.model.checkpoint import save_checkpoint
 from omnitok.model.config import ModelArgs
 from omnitok.model.transformer import Transformer
-from omnitok.tokenizers.audio import AudioTokenizer, AudioTokenizerConfig
-from omnitok.tokenizers.bundle import TokenizerBundle
-from omnitok.tokenizers.image import ImageTokenizer, ImageTokenizerConfig
+
+from ..conftest import tiny_media_bundle
 
 SCORE_KEYS = {"n", "all", "shape", "colour", "background"}
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -65,13 +60,8 @@ def world(tmp_path_factory):
 
 def tiny_checkpoint(folder, text_tokenizer, *, audio: bool = True):
     """Random weights and tokenizers: 16x16 images as 4x4 codes, speech at 10 frames/s."""
-    torch.manual_seed(0)
-    image = ImageTokenizer(ImageTokenizerConfig(image_size=16, downsample=4, codebook_size=32,
-                                                code_dim=4, channels=8)).eval()
-    codec = AudioTokenizer(AudioTokenizerConfig(
-        kind="encodec", sample_rate=16000, n_q=2, codebook_size=16, n_filters=4, dimension=8,
-        ratios=(8, 8, 5, 5), lstm=0)).eval() if audio else None
-    bundle = TokenizerBundle.build(text_tokenizer, image, codec)
+    bundle = tiny_media_bundle(text_tokenizer, image_size=16, image_codes=32, audio_codes=16,
+                               ratios=(8, 8, 5, 5), audio=audio)
     args = ModelArgs.from_name("debug", vocab_size=bundle.vocab.padded_size, max_seq_len=512)
     return save_checkpoint(folder, Transformer(args).eval(), bundle)
 

@@ -11,29 +11,21 @@ import torch.nn as nn
 from omnitok.model.checkpoint import save_checkpoint
 from omnitok.model.config import ModelArgs
 from omnitok.model.transformer import Transformer
-from omnitok.tokenizers.audio import AudioTokenizer, AudioTokenizerConfig
 from omnitok.tokenizers.bundle import TokenizerBundle
-from omnitok.tokenizers.image import ImageTokenizer, ImageTokenizerConfig
 from omnitok.tokenizers.vocab import Vocab
+
+from ..conftest import tiny_media_bundle
 
 
 def tiny_bundle(text_tokenizer, *, image: bool = True, audio: bool = True,
                 pattern: str = "flatten") -> TokenizerBundle:
     """Random tokenizers: 16x16 images as a 4x4 grid of 32 codes; 2-level audio, 16 kHz."""
-    torch.manual_seed(0)
-    image_tok = audio_tok = None
-    if image:
-        image_tok = ImageTokenizer(ImageTokenizerConfig(
-            image_size=16, downsample=4, codebook_size=32, code_dim=4, channels=8)).eval()
-    if audio:
-        audio_tok = AudioTokenizer(AudioTokenizerConfig(
-            kind="encodec", sample_rate=16000, n_q=2, codebook_size=16, n_filters=4,
-            dimension=8, ratios=(8, 4), lstm=0)).eval()
-    bundle = TokenizerBundle.build(text_tokenizer, image_tok, audio_tok)
+    bundle = tiny_media_bundle(text_tokenizer, image_size=16, image_codes=32, audio_codes=16,
+                               image=image, audio=audio)
     if audio and pattern != "flatten":
         spec = dataclasses.replace(bundle.vocab.audio, pattern=pattern)
         bundle = TokenizerBundle(dataclasses.replace(bundle.vocab, audio=spec), text_tokenizer,
-                                 image_tok, audio_tok)
+                                 bundle.image, bundle.audio)
     return bundle
 
 

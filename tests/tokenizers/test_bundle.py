@@ -8,10 +8,12 @@ import torch
 
 from omnitok.cli import main
 from omnitok.demo.world import build_world
-from omnitok.tokenizers.audio import AudioTokenizer, AudioTokenizerConfig, load_audio
+from omnitok.tokenizers.audio import load_audio
 from omnitok.tokenizers.bundle import BundleError, TokenizerBundle
 from omnitok.tokenizers.document import AudioSegment, ImageSegment, TextSegment
-from omnitok.tokenizers.image import ImageTokenizer, ImageTokenizerConfig, load_image
+from omnitok.tokenizers.image import load_image
+
+from ..conftest import tiny_media_bundle
 
 
 @pytest.fixture(scope="module")
@@ -23,13 +25,7 @@ def world(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory, text_tokenizer):
-    torch.manual_seed(0)
-    image = ImageTokenizer(ImageTokenizerConfig(image_size=32, downsample=4, codebook_size=64,
-                                                code_dim=4, channels=8)).eval()
-    audio = AudioTokenizer(AudioTokenizerConfig(
-        kind="encodec", sample_rate=16000, n_q=2, codebook_size=32, n_filters=4, dimension=8,
-        ratios=(8, 4), lstm=0)).eval()
-    bundle = TokenizerBundle.build(text_tokenizer, image, audio)
+    bundle = tiny_media_bundle(text_tokenizer)
     folder = tmp_path_factory.mktemp("tok")
     bundle.save(folder)
     return folder

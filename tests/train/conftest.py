@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from omnitok.demo.world import build_world
-from omnitok.tokenizers.audio import AudioTokenizer, AudioTokenizerConfig
 from omnitok.tokenizers.bundle import TokenizerBundle
 from omnitok.tokenizers.document import AudioSegment, Document, ImageSegment, TextSegment
-from omnitok.tokenizers.image import ImageTokenizer, ImageTokenizerConfig
 from omnitok.train.encode import token_document
 from omnitok.train.shards import TokenShards, write_shards
+
+from ..conftest import tiny_media_bundle
 
 N_Q = 2
 
@@ -30,14 +30,8 @@ def world(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tok(tmp_path_factory, text_tokenizer):
     """A tokenizer folder: 8x8 image codes of 64, 2 RVQ levels of 32 at 100 frames/s."""
-    torch.manual_seed(0)
-    image = ImageTokenizer(ImageTokenizerConfig(image_size=32, downsample=4, codebook_size=64,
-                                                code_dim=4, channels=8)).eval()
-    audio = AudioTokenizer(AudioTokenizerConfig(
-        kind="encodec", sample_rate=16000, n_q=N_Q, codebook_size=32, n_filters=4, dimension=8,
-        ratios=(8, 5, 4), lstm=0)).eval()
     folder = tmp_path_factory.mktemp("tok")
-    TokenizerBundle.build(text_tokenizer, image, audio).save(folder)
+    tiny_media_bundle(text_tokenizer, n_q=N_Q, ratios=(8, 5, 4)).save(folder)
     return folder
 
 
