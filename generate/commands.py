@@ -11,6 +11,7 @@ from typing import Literal
 import torch
 
 from omnitok import OmnitokError, atomic_write_text
+from omnitok.generate.demo import builtin_default, pick_dtype
 from omnitok.generate.generator import Answer, GenerationSettings, Generator
 from omnitok.generate.outputs import AnswerStream, write_answer
 from omnitok.generate.prompts import (
@@ -29,21 +30,11 @@ DType = Literal["auto", "float32", "bfloat16"]
 
 def default_checkpoint() -> Path:
     """The built-in default model shipped with omnitok."""
-    path = Path(__file__).resolve().parent.parent / "default"
-    if not (path / "config.json").exists():
+    path = builtin_default()
+    if path is None:
         raise OmnitokError("no checkpoint given and no built-in default model is installed: "
                            "pass a checkpoint folder (see `omnitok model init`)")
     return path
-
-
-def pick_dtype(name: str, device: str) -> torch.dtype:
-    """float32 / bfloat16; `auto` is bfloat16 on CUDA and on CPUs with native bf16 support."""
-    if name != "auto":
-        return getattr(torch, name)
-    if torch.device(device).type == "cuda":
-        return torch.bfloat16
-    supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)()
-    return torch.bfloat16 if supported else torch.float32
 
 
 def generate_command(

@@ -1,6 +1,8 @@
 """`omnitok demo`: the main job on the built-in default.
 
-Until a trained default model ships, the built-in default is built on the spot, in seconds:
+With a trained checkpoint (`--ckpt`, or the built-in default once it ships) the demo draws an
+image, speaks a caption and captions its own image (generate/showcase.py). Without one, the
+built-in default is built on the spot, in seconds:
 a text tokenizer trained on the captions of the "shapes" world, a unified vocabulary with
 image and audio ranges, and a randomly initialised model from a preset. The demo saves it as
 a checkpoint, loads it back (validating it), runs a forward pass and generates text. The
@@ -38,6 +40,22 @@ def captions() -> list[str]:
             for c, s, b in itertools.product(COLOURS, SHAPES, COLOURS) if c != b]
 
 
+def builtin_default() -> Path | None:
+    """The trained default shipped inside the package, or None while none ships."""
+    path = Path(__file__).resolve().parent.parent / "default"
+    return path if (path / "config.json").exists() else None
+
+
+def pick_dtype(name: str, device: str = "cpu") -> torch.dtype:
+    """float32 / bfloat16; `auto` is bfloat16 on CUDA and on CPUs with native bf16 support."""
+    if name != "auto":
+        return getattr(torch, name)
+    if torch.device(device).type == "cuda":
+        return torch.bfloat16
+    supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)()
+    return torch.bfloat16 if supported else torch.float32
+
+
 def build_default(workdir: Path, preset: str, seed: int) -> Path:
     """Train the text tokenizer, build vocabulary and model, save the checkpoint; its path."""
     corpus = workdir / "captions.txt"
@@ -52,13 +70,17 @@ def build_default(workdir: Path, preset: str, seed: int) -> Path:
                            metadata={"init": preset, "seed": seed, "trained": False})
 
 
-def demo(*, out: Path = Path("out/demo"), prompt: str = "a red circle on a",
-         new_tokens: int = 24, preset: str = "debug", seed: int = 0,
-         attn: Literal["sdpa", "triton", "flash"] | None = None) -> None:
-    """Build the built-in default, check it round-trips, run a forward pass, generate text.
+def demo(*, out: Path = Path("out/demo"), ckpt: Path | None = None,
+         prompt: str = "a red circle on a", new_tokens: int = 24, preset: str = "debug",
+         seed: int = 0, attn: Literal["sdpa", "triton", "flash"] | None = None) -> None:
+    """Run the built-in default: an image, a spoken caption and a caption of the image.
+
+    Until the trained default ships (and without --ckpt), an untrained model is built on the
+    spot, checked, and generates random text.
 
     Args:
-        out: folder for the checkpoint and the generated text.
+        out: folder for the generated files (and the untrained checkpoint).
+        ckpt: a trained shapes-and-speech checkpoint (default: the built-in one, if shipped).
         prompt: text prompt to continue.
         new_tokens: number of text tokens to generate.
         preset: model preset (debug, tiny, small, ...).
@@ -68,6 +90,15 @@ def demo(*, out: Path = Path("out/demo"), prompt: str = "a red circle on a",
     """
     ModelArgs.from_name(preset)  # an unknown preset fails before any work
     backend = resolve_backend(attn, "cpu")
+    trained = ckpt if ckpt is not None else builtin_default()
+    if trained is not None:
+        from omnitok.generate.showcase import showcase
+
+        t0 = time.perf_counter()
+        print(f"backend     {describe_backend(backend, 'cpu')}")
+        files = showcase(trained, out, seed=seed, backend=backend, dtype=pick_dtype("auto"))
+        print(f"done        {len(files)} files in {out} ({time.perf_counter() - t0:.1f} s)")
+        return
     if not prompt.strip():
         raise OmnitokError("the prompt is empty")
     t0 = time.perf_counter()

@@ -168,3 +168,12 @@ def test_stream_answer_yields_text_and_audio_as_generated(any_ckpt, monkeypatch)
     pieces = [v for k, v in gen.stream_answer(Document([TextSegment("a")]), text) if k == "text"]
     final = list(gen.stream_answer(Document([TextSegment("a")]), text))[-1][1]
     assert "".join(pieces) == final.document[0].text
+
+
+def test_demo_with_a_checkpoint_answers_in_every_modality(capsys, any_ckpt, tmp_path):
+    code, out, err = run(capsys, "demo", "--ckpt", any_ckpt, "--out", tmp_path)
+    assert code == 0, err
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["audio_0.wav", "caption_0.txt", "image_0.png"]
+    assert Image.open(tmp_path / "image_0.png").size == (16, 16)
+    assert "caption" in out and str(tmp_path / "caption_0.txt") in out
