@@ -101,6 +101,8 @@ COMMANDS: dict = {
                  "Create a randomly initialised checkpoint from a preset."),
         "info": ("omnitok.model.commands:info",
                  "Validate a checkpoint and print its configuration and vocabulary."),
+        "export": ("omnitok.model.commands:export",
+                   "Write a checkpoint without training state, weights in bf16 (for shipping)."),
     },
 }
 

@@ -33,18 +33,18 @@ class RecipeSettings:
 
     n_train: int = 4000
     n_heldout: int = 400
-    text_vocab: int = 512
-    image_minutes: float = 10.0
-    image_steps: int | None = None
-    audio_minutes: float = 8.0
-    audio_steps: int | None = None
+    text_vocab: int = 480
+    image_size: int = 48
+    image_steps: int = 600
+    audio_levels: int = 2
+    audio_steps: int = 1000
     preset: str = "tiny"
-    train_steps: int = 6000
-    batch_size: int = 16
+    train_steps: int = 1500
+    batch_size: int = 8
     seq_len: int = 1024
     lr: float = 2e-3
     condition_dropout: float = 0.1
-    eval_limit: int = 0
+    eval_limit: int = 50
 
     @classmethod
     def quick(cls) -> RecipeSettings:
@@ -104,14 +104,14 @@ def _stages(out: Path, data: Path, s: RecipeSettings, threads: int | None,
         from omnitok.tokenizers.image_train import train_image_command
 
         if not (tok / "image" / "model.safetensors").exists():
-            train_image_command(data=[manifest], out=tok / "image", minutes=s.image_minutes,
+            train_image_command(data=[manifest], out=tok / "image", size=s.image_size,
                                 steps=s.image_steps, seed=seed, threads=threads)
 
     def audio() -> None:
         from omnitok.tokenizers.audio_train import train_audio_command
 
         if not (tok / "audio" / "model.safetensors").exists():
-            train_audio_command(data=[manifest], out=tok / "audio", minutes=s.audio_minutes,
+            train_audio_command(data=[manifest], out=tok / "audio", n_q=s.audio_levels,
                                 steps=s.audio_steps, seed=seed, threads=threads)
 
     def data_stage() -> None:

@@ -11,7 +11,6 @@ weights are untrained, so the generated text is random words from the captions' 
 
 from __future__ import annotations
 
-import itertools
 import time
 from pathlib import Path
 from typing import Literal
@@ -19,6 +18,7 @@ from typing import Literal
 import torch
 
 from omnitok import OmnitokError
+from omnitok.demo.world import all_combos
 from omnitok.generate.generator import GenerationSettings, Generator
 from omnitok.generate.sampling import ModalitySampling, SamplingParams
 from omnitok.kernels import describe_backend, resolve_backend
@@ -30,14 +30,11 @@ from omnitok.tokenizers.document import Document, TextSegment
 from omnitok.tokenizers.text import TextTokenizer
 from omnitok.tokenizers.vocab import AudioSpec, Vocab
 
-COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black")
-SHAPES = ("circle", "square", "triangle", "star", "hexagon", "diamond")
 
 
 def captions() -> list[str]:
     """Every caption of the shapes world: "a red circle on a blue background", ..."""
-    return [f"a {c} {s} on a {b} background"
-            for c, s, b in itertools.product(COLOURS, SHAPES, COLOURS) if c != b]
+    return [a.caption for a in all_combos()]
 
 
 def builtin_default() -> Path | None:

@@ -115,3 +115,22 @@ def info(ckpt: Path) -> None:
     print(c.vocab.describe())
     if not torch.isfinite(c.model.tok_embeddings.weight).all():
         raise OmnitokError(f"{ckpt}: the embedding holds NaN or inf values")
+
+
+def export(ckpt: Path, out: Path, *, dtype: DType = "bfloat16") -> None:
+    """Write a checkpoint for shipping: the model weights in `dtype`, the tokenizers, nothing
+    of the training state (optimizer, data position).
+
+    Args:
+        ckpt: the checkpoint folder (a training run's `last` or a step folder).
+        out: the folder to write (replaced atomically).
+        dtype: dtype of the model weights.
+    """
+    c = load_checkpoint(ckpt, dtype=getattr(torch, dtype))
+    if Path(out).resolve() == Path(ckpt).resolve():
+        raise OmnitokError(f"{out}: choose a folder other than the source checkpoint")
+    save_checkpoint(out, c.model, c.tokenizers, metadata={"exported_from": str(ckpt),
+                                                          "dtype": dtype})
+    size = sum(p.stat().st_size for p in Path(out).rglob("*") if p.is_file())
+    print(f"{out}: {c.model.args.num_params() / 1e6:.2f}M parameters in {dtype}, "
+          f"{size / 2**20:.1f} MiB in all")

@@ -99,3 +99,19 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, text_tokenizer, mon
     after = {p.name: p.read_bytes() for p in (tmp_path / "ck").iterdir()}
     assert after == before
     assert [p.name for p in tmp_path.iterdir()] == ["ck"]  # no temporary folder left behind
+
+
+def test_export_casts_weights_and_drops_training_state(tmp_path, text_tokenizer, capsys):
+    from omnitok.cli import main
+
+    model, vocab = make(text_tokenizer)
+    src = save_checkpoint(tmp_path / "run", model, TokenizerBundle(vocab, text_tokenizer))
+    (src / "optimizer.pt").write_bytes(b"training state")
+    assert main(["model", "export", str(src), str(tmp_path / "ship")]) == 0
+    assert "bfloat16" in capsys.readouterr().out
+    assert not (tmp_path / "ship" / "optimizer.pt").exists()
+    shipped = load_checkpoint(tmp_path / "ship")
+    for name, weight in model.state_dict().items():
+        assert torch.equal(shipped.model.state_dict()[name], weight.to(torch.bfloat16)), name
+    assert main(["model", "export", str(src), str(src)]) == 1
+    assert "other than the source" in capsys.readouterr().err
