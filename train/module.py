@@ -40,12 +40,19 @@ def enable_activation_checkpointing(model: Transformer) -> None:
                                           use_reentrant=False)
 
 
+def unwrapped_name(name: str) -> str:
+    """A parameter's name without the wrapper modules FSDP and checkpointing insert."""
+    return ".".join(p for p in name.split(".") if not (p.startswith("_") and p.endswith("_module")))
+
+
 class OmnitokModule(pl.LightningModule):
     def __init__(self, model: Transformer, vocab: Vocab, config: TrainConfig,
                  masks: dict[str, torch.Tensor] | None = None, start_step: int = 0,
                  optimizer_state: dict | None = None) -> None:
         super().__init__()
         self.model, self.config, self.masks = model, config, masks or {}
+        # matrices get weight decay; decided here, before FSDP flattens them into 1-D shards
+        self.decayed = {n for n, p in model.named_parameters() if p.dim() >= 2} - set(self.masks)
         self.register_buffer("groups", group_table(vocab), persistent=False)
         self.z_loss = model.args.z_loss if config.z_loss is None else config.z_loss
         self.start_step, self.optimizer_state = start_step, optimizer_state
@@ -98,7 +105,7 @@ class OmnitokModule(pl.LightningModule):
         decay, no_decay = [], []
         for name, p in self.model.named_parameters():
             if p.requires_grad:
-                (decay if p.dim() >= 2 and name not in self.masks else no_decay).append(p)
+                (decay if unwrapped_name(name) in self.decayed else no_decay).append(p)
         groups = [{"params": decay, "weight_decay": c.weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
         device = next(self.model.parameters()).device.type

@@ -160,9 +160,6 @@ def validate(config: TrainConfig) -> None:
     if config.strategy == "fsdp" and "text" in config.freeze:
         raise TrainConfigError("--freeze text masks embedding rows, which FSDP shards; use "
                                "--strategy ddp")
-    if config.strategy == "fsdp" and _device(config) == "cpu":
-        raise TrainConfigError("--strategy fsdp needs CUDA devices (Lightning's FSDP does not "
-                               "run on the CPU); use --strategy ddp")
 
 
 @dataclass
