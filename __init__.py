@@ -110,3 +110,13 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write `text` to `path` atomically (temporary file, then rename)."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def native_bf16(device: str = "cpu") -> bool:
+    """Whether bfloat16 math is fast on `device`: always on CUDA; on the CPU only with native
+    bf16 instructions (AVX-512 BF16 / AMX). Elsewhere torch emulates it, many times slower."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        return True
+    return bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())

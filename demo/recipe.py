@@ -10,7 +10,8 @@
 
 Each stage is skipped when its output is complete (the data builder, the tokenizer and the
 trainer resume on their own), so an interrupted recipe picks up where it stopped: rerun the
-same command. `--quick` is the plumbing check CI runs: a small world, tokenizers trained for
+same command. OUT/recipe.json records, per stage, the seconds of its latest run and the
+total over every run (an interrupted stage's time plus its resumption). `--quick` is the plumbing check CI runs: a small world, tokenizers trained for
 a few steps, the `debug` preset, minutes instead of an hour.
 """
 
@@ -83,9 +84,11 @@ def demo_train(*, out: Path = Path("runs/demo"), data: Path = Path("data/demo"),
         t0 = time.perf_counter()
         print(f"== {name}", flush=True)
         runners[name]()
-        log[name] = {"seconds": round(time.perf_counter() - t0, 1)}
+        seconds = time.perf_counter() - t0
+        spent = log.get(name, {}).get("total_seconds", 0.0) + seconds
+        log[name] = {"seconds": round(seconds, 1), "total_seconds": round(spent, 1)}
         _write_log(out, log, s)
-    total = sum(v["seconds"] for v in log.values())
+    total = sum(v.get("total_seconds", v.get("seconds", 0.0)) for v in log.values())
     print(f"recipe done in {total / 60:.1f} min: checkpoint {out / 'run' / 'last'}, "
           f"eval {out / 'eval'}")
 

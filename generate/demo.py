@@ -17,7 +17,7 @@ from typing import Literal
 
 import torch
 
-from omnitok import OmnitokError
+from omnitok import OmnitokError, native_bf16
 from omnitok.demo.world import all_combos
 from omnitok.generate.generator import GenerationSettings, Generator
 from omnitok.generate.sampling import ModalitySampling, SamplingParams
@@ -47,10 +47,7 @@ def pick_dtype(name: str, device: str = "cpu") -> torch.dtype:
     """float32 / bfloat16; `auto` is bfloat16 on CUDA and on CPUs with native bf16 support."""
     if name != "auto":
         return getattr(torch, name)
-    if torch.device(device).type == "cuda":
-        return torch.bfloat16
-    supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)()
-    return torch.bfloat16 if supported else torch.float32
+    return torch.bfloat16 if native_bf16(device) else torch.float32
 
 
 def build_default(workdir: Path, preset: str, seed: int) -> Path:

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import Tensor
 
+from omnitok import native_bf16
 from omnitok.tokenizers.image import (
     ImageTokenizer,
     ImageTokenizerConfig,
@@ -112,7 +113,7 @@ def train_image_tokenizer(
     lr: float = 2e-3,
     seed: int = 0,
     threads: int | None = None,
-    bf16: bool = True,
+    bf16: bool | None = None,
     edge_weight: float = 0.0,
     device: str | torch.device = "cpu",
     progress: bool = True,
@@ -121,7 +122,8 @@ def train_image_tokenizer(
 
     `images`: (N, 3, S, S) uint8 or [0, 1] float tensor (S = config.image_size) or a list of
     image paths (decoded with `load_image`). Progress goes to stderr unless `progress=False`.
-    Returns the model (eval mode, on `device`) and the stats of the run.
+    Returns the model (eval mode, on `device`) and the stats of the run. `bf16` (autocast)
+    defaults to whether the device has fast bfloat16 (`omnitok.native_bf16`).
     """
     config = config or ImageTokenizerConfig()
     if steps is None and minutes is None:
@@ -135,6 +137,7 @@ def train_image_tokenizer(
     with num_threads(threads) as n_threads:
         torch.manual_seed(seed)
         model = ImageTokenizer(config).to(device)
+        bf16 = native_bf16(device) if bf16 is None else bf16
         run = _Run(model, data, batch_size, lr, seed, bf16, edge_weight, steps, minutes)
         run.loop(Console(stderr=True) if progress else None)
     return model.eval(), run.stats(n_threads)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from omnitok import OmnitokError
+from omnitok import OmnitokError, native_bf16
 from omnitok.model.checkpoint import load_checkpoint
 from omnitok.model.config import ModelArgs
 from omnitok.model.transformer import Transformer
@@ -198,6 +198,9 @@ def train(config: TrainConfig) -> Summary:
     from omnitok.train.module import OmnitokModule
 
     validate(config)
+    if config.precision == "bf16" and not native_bf16(_device(config)) and is_rank_zero():
+        print("note: this CPU has no native bfloat16 (AVX-512 BF16 / AMX): bf16 autocast is "
+              "emulated and many times slower than --precision 32", flush=True)
     if config.threads:
         torch.set_num_threads(config.threads)
     quiet_lightning()

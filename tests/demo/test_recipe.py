@@ -21,7 +21,13 @@ def test_quick_recipe_writes_every_artefact_and_resumes(tmp_path, capsys):
     scores = json.loads((out / "eval" / "eval.json").read_text())
     assert scores  # every direction scored (the eval's own tests check the fields)
     stamps = {p: p.stat().st_mtime_ns for p in (out / "tok").rglob("*") if p.is_file()}
+    before = json.loads((out / "recipe.json").read_text())["stages"]
     capsys.readouterr()
     assert main(argv + ["--stages", "text", "image", "audio", "tokenize"]) == 0
     assert stamps == {p: p.stat().st_mtime_ns for p in (out / "tok").rglob("*") if p.is_file()}
+    after = json.loads((out / "recipe.json").read_text())["stages"]
+    # the skipped rerun keeps the time the stage took when it did the work
+    assert after["image"]["total_seconds"] >= before["image"]["total_seconds"] \
+        > after["image"]["seconds"]
+    assert after["train"] == before["train"]
     assert main(["demo", "train", "--stages", "nope"]) == 1
