@@ -1,8 +1,8 @@
 """`omnitok demo`: the main job on the built-in default.
 
-With a trained checkpoint (`--ckpt`, or the built-in default once it ships) the demo draws an
-image, speaks a caption and captions its own image (generate/showcase.py). Without one, the
-built-in default is built on the spot, in seconds:
+With a trained checkpoint (`--ckpt`, or the built-in default that ships in the package) the
+demo draws an image, speaks a caption and captions its own image (generate/showcase.py). With
+`--untrained` a model is built on the spot, in seconds:
 a text tokenizer trained on the captions of the "shapes" world, a unified vocabulary with
 image and audio ranges, and a randomly initialised model from a preset. The demo saves it as
 a checkpoint, loads it back (validating it), runs a forward pass and generates text. The
@@ -64,27 +64,30 @@ def build_default(workdir: Path, preset: str, seed: int) -> Path:
                            metadata={"init": preset, "seed": seed, "trained": False})
 
 
-def demo(*, out: Path = Path("out/demo"), ckpt: Path | None = None,
+def demo(*, out: Path = Path("out/demo"), ckpt: Path | None = None, untrained: bool = False,
          prompt: str = "a red circle on a", new_tokens: int = 24, preset: str = "debug",
          seed: int = 0, attn: Literal["sdpa", "triton", "flash"] | None = None) -> None:
     """Run the built-in default: an image, a spoken caption and a caption of the image.
 
-    Until the trained default ships (and without --ckpt), an untrained model is built on the
-    spot, checked, and generates random text.
+    With --untrained (or where no trained default ships), a random-weight model of --preset is
+    built on the spot instead, checked, and continues --prompt with random text.
 
     Args:
         out: folder for the generated files (and the untrained checkpoint).
-        ckpt: a trained shapes-and-speech checkpoint (default: the built-in one, if shipped).
-        prompt: text prompt to continue.
-        new_tokens: number of text tokens to generate.
-        preset: model preset (debug, tiny, small, ...).
+        ckpt: a trained shapes-and-speech checkpoint (default: the built-in one).
+        untrained: build and check a random-weight model of --preset instead.
+        prompt: text prompt to continue (--untrained).
+        new_tokens: number of text tokens to generate (--untrained).
+        preset: model preset (debug, tiny, small, ...) of the untrained model.
         seed: seed for the weights and for sampling.
         attn: attention backend (default: triton on CUDA, sdpa on CPU; triton on CPU needs
             TRITON_INTERPRET=1).
     """
     ModelArgs.from_name(preset)  # an unknown preset fails before any work
     backend = resolve_backend(attn, "cpu")
-    trained = ckpt if ckpt is not None else builtin_default()
+    if untrained and ckpt is not None:
+        raise OmnitokError("--untrained builds a random model; it does not take --ckpt")
+    trained = None if untrained else ckpt if ckpt is not None else builtin_default()
     if trained is not None:
         from omnitok.generate.showcase import showcase
 

@@ -165,6 +165,7 @@ class Transformer(nn.Module):
         best on a 2-core AVX-512 CPU (better than the exact row count for one row)."""
         linears = [m for m in self.modules() if isinstance(m, Linear)]
         if not all(packed_linear.supports(m.weight) for m in linears):
+            self.unpack_linears()  # copies packed for earlier weights (another dtype) are stale
             return False
         for module in linears:
             module.packed = packed_linear.pack(module.weight, batch_hint)

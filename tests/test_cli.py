@@ -130,7 +130,8 @@ def test_convert_hf(capsys, tmp_path, text_tokenizer):
 
 
 def test_demo_runs(capsys, tmp_path):
-    code, out, err = run(capsys, "demo", "--out", tmp_path / "demo", "--new-tokens", 5)
+    code, out, err = run(capsys, "demo", "--untrained", "--out", tmp_path / "demo",
+                         "--new-tokens", 5)
     assert code == 0, err
     assert (tmp_path / "demo" / "generated.txt").read_text().startswith("a red circle on a")
     assert "generate    5 tokens" in out

@@ -60,6 +60,21 @@ def test_packed_model_logits_and_gradients():
     assert not any(getattr(m, "packed", False) for m in model.modules())
 
 
+def test_a_dtype_that_cannot_be_packed_drops_the_old_copies():
+    """Packed in float32, then cast to a dtype oneDNN cannot pack here: the plain path runs."""
+    torch.manual_seed(0)
+    model = Transformer(ModelArgs.from_name("debug", vocab_size=128)).eval()
+    x = torch.randint(0, 128, (2, 9))
+    assert model.pack_linears()
+    model.half()  # float16 is never packed
+    assert not model.pack_linears()
+    assert not any(getattr(m, "packed", False) for m in model.modules())
+    with torch.no_grad():
+        got = model(x).double()
+        ref = model.double()(x)
+    assert (got - ref).abs().max() / ref.abs().max() < 1e-2
+
+
 def test_compiled_graph_calls_the_packed_op():
     torch.manual_seed(0)
     w, x = torch.randn(12, 8), torch.randn(3, 8)
