@@ -49,6 +49,10 @@ def test_wheel_holds_only_omnitok(tmp_path):
         path = folder.replace(".", "/")
         assert any(n.startswith(path + "/") and n.endswith(".py") for n in names), folder
     assert "omnitok/tokenizers/vocab.py" in names and "omnitok/cli.py" in names
+    shipped = {p.relative_to(ROOT).as_posix() for p in (ROOT / "default").rglob("*")
+               if p.is_file()}
+    assert "default/model.safetensors" in shipped and "default/audio/model.safetensors" in shipped
+    assert {f"omnitok/{p}" for p in shipped} <= set(names)  # the built-in default ships
 
 
 def test_hugging_face_tokenizers_is_not_shadowed():
