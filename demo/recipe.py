@@ -11,8 +11,9 @@
 Each stage is skipped when its output is complete (the data builder, the tokenizer and the
 trainer resume on their own), so an interrupted recipe picks up where it stopped: rerun the
 same command. OUT/recipe.json records, per stage, the seconds of its latest run and the
-total over every run (an interrupted stage's time plus its resumption). `--quick` is the plumbing check CI runs: a small world, tokenizers trained for
-a few steps, the `debug` preset, minutes instead of an hour.
+total over every run (an interrupted stage's time plus its resumption). `--quick` is the
+plumbing check CI runs: a small world, tokenizers trained for a few steps, the `debug`
+preset, minutes instead of an hour.
 """
 
 from __future__ import annotations

@@ -31,7 +31,6 @@ from omnitok.tokenizers.text import TextTokenizer
 from omnitok.tokenizers.vocab import AudioSpec, Vocab
 
 
-
 def captions() -> list[str]:
     """Every caption of the shapes world: "a red circle on a blue background", ..."""
     return [a.caption for a in all_combos()]

@@ -19,7 +19,7 @@ import weakref
 
 import torch
 
-from omnitok import OmnitokError
+from omnitok import OmnitokError, native_bf16
 
 PACKABLE = (torch.float32, torch.bfloat16)
 _PACKED: dict[int, tuple[weakref.ref, int, torch.Tensor]] = {}  # data_ptr -> (weight, version,
@@ -36,7 +36,7 @@ def available() -> bool:
 def supports(weight: torch.Tensor) -> bool:
     if weight.device.type != "cpu" or weight.dtype not in PACKABLE or not available():
         return False
-    return weight.dtype != torch.bfloat16 or torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return weight.dtype != torch.bfloat16 or native_bf16("cpu")
 
 
 def pack(weight: torch.Tensor, batch_hint: int = 1) -> bool:
