@@ -94,6 +94,8 @@ COMMANDS: dict = {
                   "Training step tokens/s and peak memory, side by side with transformers."),
         "kernels": ("omnitok.kernels.bench:bench_kernels",
                     "Time the attention backends (TFLOP/s); on CPU only correctness applies."),
+        "packed": ("omnitok.kernels.bench:bench_packed_attention",
+                   "Packed-document attention (sdpa): chunked path vs one dense-mask call."),
     },
     "model": {
         "_help": "Create and inspect checkpoints.",

@@ -68,6 +68,34 @@ def test_documents(backend):
     assert max_err(attention(q, k, v, doc_ids=doc, backend=backend), ref) < 1e-5
 
 
+@pytest.mark.parametrize("causal", [True, False])
+def test_long_packed_rows_take_the_chunked_path(causal):
+    """Rows longer than two DOC_CHUNKs go through `document_chunked_attention`: outputs and
+    gradients match float64 softmax attention under a dense document mask."""
+    from omnitok.kernels import dispatch
+
+    g = torch.Generator().manual_seed(3)
+    t = 2 * dispatch.DOC_CHUNK + 89
+    lengths = [[7, 300, 31, 40, 3], [150, 1, 128, 100, 2]]  # documents cross chunk edges
+    doc = torch.tensor([sum(([n] * m for n, m in enumerate(row)), [])[:t] + [9] * (t - sum(row))
+                        for row in lengths])
+    q, k, v = (torch.randn(2, h, t, 16, generator=g, requires_grad=True) for h in (4, 2, 2))
+    out = attention(q, k, v, causal=causal, doc_ids=doc, backend="sdpa")
+    dout = torch.randn(out.shape, generator=g)
+    grads = torch.autograd.grad(out, (q, k, v), dout)
+
+    q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
+    allowed = doc[:, :, None] == doc[:, None, :]
+    if causal:
+        allowed &= torch.ones(t, t, dtype=torch.bool).tril()
+    scores = q64 @ k64.repeat_interleave(2, 1).transpose(-1, -2) / 4.0
+    ref = scores.masked_fill(~allowed[:, None], -math.inf).softmax(-1) @ v64.repeat_interleave(2, 1)
+    ref_grads = torch.autograd.grad(ref, (q64, k64, v64), dout.double())
+    assert max_err(out, ref) < 1e-5
+    for grad, ref_grad in zip(grads, ref_grads):
+        assert max_err(grad, ref_grad) < 1e-4
+
+
 @pytest.mark.parametrize("backend", LOCAL)
 def test_cache_positions(backend):
     q_pos = torch.tensor([[3, 4], [9, 10]])

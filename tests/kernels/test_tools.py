@@ -22,6 +22,19 @@ def test_bench_without_cuda_says_only_correctness_is_checked(capsys):
     assert "no CUDA device" in out and "only correctness can be checked" in out
 
 
+def test_packed_attention_bench_times_both_paths_on_the_cpu(capsys):
+    """`omnitok bench packed`: both paths timed, and the outputs it compared agree."""
+    import re
+
+    from omnitok.cli import main
+
+    assert main(["bench", "packed", "--batch-size", "2", "--seq-len", "300", "--doc-min", "20",
+                 "--doc-max", "90", "--repeats", "1"]) in (0, None)
+    out = capsys.readouterr().out
+    assert "dense mask" in out and "chunked / dense mask:" in out
+    assert float(re.search(r"max \|difference\| (\S+)", out).group(1)) < 1e-5
+
+
 @pytest.mark.slow
 @no_gpu_only
 def test_kernels_compile_for_ampere_and_hopper():
