@@ -148,7 +148,8 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal:
     if (q_pos is not None and q.device.type == "cpu" and q.shape[2] <= 16
             and q.dtype in (torch.bfloat16, torch.float16)):
         return cached_attention_matmul(q, k, v, q_pos, scale)
-    if doc_ids is not None and q.shape[2] > 2 * DOC_CHUNK:
+    if (doc_ids is not None and q.shape[2] > 2 * DOC_CHUNK
+            and not torch.compiler.is_compiling()):  # data-dependent chunks would recompile
         return document_chunked_attention(q, k, v, doc_ids, causal=causal, scale=scale)
     mask = reference.attention_mask(q.shape[2], k.shape[2], causal=causal, doc_ids=doc_ids,
                                     q_pos=q_pos, device=q.device)
