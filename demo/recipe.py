@@ -33,7 +33,7 @@ STAGES = ("data", "text", "image", "audio", "tokenize", "train", "eval")
 class RecipeSettings:
     """Sizes of the recipe; `quick()` is the CI-sized version."""
 
-    n_train: int = 4000
+    n_train: int = 24000  # 168,000 documents: 1,500 steps see each one at most once
     n_heldout: int = 400
     text_vocab: int = 480
     image_size: int = 48
@@ -121,7 +121,8 @@ def _stages(out: Path, data: Path, s: RecipeSettings, threads: int | None,
     def data_stage() -> None:
         from omnitok.demo.commands import build_demo_data
 
-        build_demo_data(out=data, n_train=s.n_train, n_heldout=s.n_heldout, seed=seed)
+        build_demo_data(out=data, n_train=s.n_train, n_heldout=s.n_heldout, seed=seed,
+                        workers=2)
 
     def tokenize() -> None:
         from omnitok.tokenizers.bundle import TokenizerBundle
