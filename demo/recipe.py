@@ -4,8 +4,9 @@
     text        omnitok tokenizer train text  -> OUT/tok/text.model
     image       omnitok tokenizer train image -> OUT/tok/image/
     audio       omnitok tokenizer train audio -> OUT/tok/audio/
-    tokenize    omnitok tokenize           -> OUT/shards/
-    train       omnitok train              -> OUT/run/ (checkpoints, metrics, curves)
+    tokenize    omnitok tokenize           -> OUT/shards/, OUT/val_shards/ (held-out)
+    train       omnitok train              -> OUT/run/ (checkpoints, metrics with the
+                                              held-out loss, curves)
     eval        omnitok eval               -> OUT/eval/ (eval.json, contact sheet)
 
 Each stage is skipped when its output is complete (the data builder, the tokenizer and the
@@ -132,6 +133,8 @@ def _stages(out: Path, data: Path, s: RecipeSettings, threads: int | None,
         if not (tok / "vocab.json").exists():
             bundle.vocab.save(tok / "vocab.json")
         tokenize_command(manifest, tokenizer=tok, out=out / "shards", workers=2)
+        tokenize_command(data / "heldout.jsonl", tokenizer=tok, out=out / "val_shards",
+                         workers=2)
 
     def train() -> None:
         from omnitok.train.commands import train_command
@@ -142,7 +145,8 @@ def _stages(out: Path, data: Path, s: RecipeSettings, threads: int | None,
                       batch_size=s.batch_size, seq_len=s.seq_len, lr=s.lr,
                       min_lr=s.lr / 10, warmup_steps=min(200, s.train_steps // 10 + 1),
                       condition_dropout=s.condition_dropout, seed=seed, threads=threads,
-                      checkpoint_every=max(1, min(500, s.train_steps)))
+                      checkpoint_every=max(1, min(500, s.train_steps)),
+                      val_data=out / "val_shards", val_every=max(1, min(250, s.train_steps)))
 
     def evaluate() -> None:
         from omnitok.demo.evaluate import eval_command

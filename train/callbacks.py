@@ -1,5 +1,6 @@
-"""What happens between optimizer steps: metrics (CSV, TensorBoard, progress bar), training
-checkpoints every N steps and at the end, and the PNG of the loss curves.
+"""What happens between optimizer steps: metrics (CSV, TensorBoard, progress bar), the
+held-out loss every --val-every steps (train/validation.py), training checkpoints every N
+steps and at the end, and the PNG of the loss curves.
 
 Lightning calls `on_train_batch_end` after every micro-batch; an optimizer step has finished
 when `trainer.global_step` moved. Gathering weights and metrics are collective operations, so
@@ -22,17 +23,22 @@ from omnitok.train.distributed import full_optimizer_state, full_weights
 from omnitok.train.logs import METRICS, MetricsWriter, read_log
 from omnitok.train.objective import GROUPS, summarize
 from omnitok.train.state import TrainState, save_train_checkpoint
+from omnitok.train.validation import Validator
 
 CURVES = "curves.png"
 
 
 class Recorder(pl.Callback):
     def __init__(self, run: Path, config: TrainConfig, args: ModelArgs,
-                 tokenizers: TokenizerBundle, state: TrainState) -> None:
+                 tokenizers: TokenizerBundle, state: TrainState,
+                 validator: Validator | None = None) -> None:
         self.run, self.config, self.args, self.tokenizers = Path(run), config, args, tokenizers
-        self.state = state
+        self.state, self.validator = state, validator
         self.first: dict[str, float] | None = None  # metrics of the first logged step
         self.last: dict[str, float] | None = None  # metrics of the last logged step
+        self.val_first: dict[str, float] | None = None  # first and last rows with val_loss
+        self.val_last: dict[str, float] | None = None
+        self._val: dict[str, float] = {}  # held-out figures for the next row
         self._saved, self._seen = state.step, 0
         self._pending: torch.Tensor | None = None  # stats since the last logged row
         self._pending_tokens, self._pending_seconds = 0, 0.0
@@ -61,8 +67,13 @@ class Recorder(pl.Callback):
         self._pending_seconds += now - self._tick
         self._tick = now
         module.log("loss", summarize(stats)["loss"], prog_bar=True, logger=False)
-        save = self.state.step % self.config.checkpoint_every == 0
-        if save or self.state.step % self.config.log_every == 0 or self.state.step == 1:
+        step, c = self.state.step, self.config
+        save = step % c.checkpoint_every == 0
+        validate = self.validator is not None and (step % c.val_every == 0
+                                                   or step >= c.max_steps)
+        if validate:
+            self._val = self.validator(trainer, module)
+        if save or validate or step % c.log_every == 0 or step == 1:
             self._log_row(trainer, module)
         if save:
             self._save(trainer, module)
@@ -84,8 +95,12 @@ class Recorder(pl.Callback):
         metrics = summarize(self._pending)
         row = {"step": self.state.step, **metrics, "lr": module.current_lr(),
                "tokens": self.state.tokens, "seconds": self.state.seconds,
-               "tokens_per_s": self._pending_tokens / max(self._pending_seconds, 1e-9)}
+               "tokens_per_s": self._pending_tokens / max(self._pending_seconds, 1e-9),
+               **self._val}
+        if self._val:
+            self.val_first, self.val_last = self.val_first or row, row
         self._pending, self._pending_tokens, self._pending_seconds = None, 0, 0.0
+        self._val = {}
         self.first = self.first or row
         self.last = row
         if self._writer is not None:

@@ -54,12 +54,14 @@ def train_command(*, data: Path, out: Path, model: str | None = None, init: Path
                   log_every: int = 10, devices: int = 1, num_nodes: int = 1,
                   strategy: Strategy = "auto", accelerator: str = "auto", workers: int = 0,
                   threads: int | None = None, attn: str | None = None,
+                  val_data: Path | None = None, val_every: int = 250, val_rows: int = 64,
                   progress: bool = True) -> None:
     """Train the unified model on pre-tokenized shards (or fine-tune, or resume a run).
 
-    Writes OUT/train.json (settings), OUT/metrics.csv (loss and accuracy per modality),
-    OUT/curves.png (drawn at the end), OUT/checkpoints/step-N/ every --checkpoint-every steps
-    (omnitok checkpoints plus optimizer and data-order state) and OUT/last (the newest).
+    Writes OUT/train.json (settings), OUT/metrics.csv (loss and accuracy per modality, and
+    the held-out loss with --val-data), OUT/curves.png (drawn at the end),
+    OUT/checkpoints/step-N/ every --checkpoint-every steps (omnitok checkpoints plus optimizer
+    and data-order state) and OUT/last (the newest).
 
     Args:
         data: shard folder made by `omnitok tokenize`.
@@ -104,6 +106,10 @@ def train_command(*, data: Path, out: Path, model: str | None = None, init: Path
         workers: DataLoader worker processes per device.
         threads: torch threads per process (default: torch's choice).
         attn: attention backend (sdpa, triton, flash; default: the device's).
+        val_data: held-out shard folder (`omnitok tokenize` of held-out documents, same
+            tokenizer): metrics.csv gets its loss (val_loss, val_loss_<modality>).
+        val_every: steps between held-out losses (and one at the last step).
+        val_rows: packed rows of --val-data scored each time.
         progress: show a progress bar.
     """
     from omnitok.train.config import TrainConfig
@@ -123,7 +129,8 @@ def train_command(*, data: Path, out: Path, model: str | None = None, init: Path
         checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
         log_every=log_every, devices=devices, num_nodes=num_nodes, strategy=strategy,
         accelerator=accelerator, workers=workers, threads=threads, progress=progress,
-        attn=attn)
+        attn=attn, val_data=str(val_data) if val_data else None, val_every=val_every,
+        val_rows=val_rows)
     summary = train(config)
     if is_rank_zero():
         print("\n".join(summary.lines()))

@@ -69,10 +69,14 @@ class TrainConfig:
     threads: int | None = None
     progress: bool = True
     attn: str | None = None
+    val_data: str | None = None  # held-out shard folder scored during training
+    val_every: int = 250
+    val_rows: int = 64
 
     def __post_init__(self) -> None:
         positive = ("max_steps", "batch_size", "accumulate", "checkpoint_every", "log_every",
-                    "devices", "num_nodes", "keep_checkpoints", "window")
+                    "devices", "num_nodes", "keep_checkpoints", "window", "val_every",
+                    "val_rows")
         for name in positive:
             if getattr(self, name) < 1:
                 raise TrainConfigError(f"--{name.replace('_', '-')} must be >= 1, got "

@@ -15,7 +15,8 @@ from omnitok import atomic_path
 from omnitok.train.objective import GROUPS
 
 COLUMNS = ("step", "loss", "lr", "tokens", "tokens_per_s", "seconds",
-           *(f"{k}_{g}" for g in GROUPS for k in ("loss", "acc")))
+           *(f"{k}_{g}" for g in GROUPS for k in ("loss", "acc")),
+           "val_loss", *(f"val_loss_{g}" for g in GROUPS))
 METRICS = "metrics.csv"
 
 

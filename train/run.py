@@ -170,6 +170,8 @@ class Summary:
     first: dict | None
     last: dict | None
     source: str
+    val_first: dict | None = None  # first and last rows with a held-out loss
+    val_last: dict | None = None
 
     def lines(self) -> list[str]:
         if self.last is None:
@@ -179,7 +181,13 @@ class Summary:
         for g in GROUPS:
             if f"loss_{g}" in a and f"loss_{g}" in b:
                 parts.append(f"{g} {a[f'loss_{g}']:.3f} -> {b[f'loss_{g}']:.3f}")
+        held_out = []
+        if self.val_first is not None and self.val_last is not None:
+            va, vb = self.val_first, self.val_last
+            held_out = [f"held-out loss {va['val_loss']:.3f} (step {int(va['step'])}) -> "
+                        f"{vb['val_loss']:.3f} (step {int(vb['step'])})"]
         return [f"steps {int(a['step'])}-{int(b['step'])} ({self.source}): " + ", ".join(parts),
+                *held_out,
                 f"{b['tokens_per_s']:,.0f} tokens/s; {int(b['tokens']):,} tokens in "
                 f"{b['seconds']:.1f} s",
                 f"checkpoint {self.run / LAST}, log {self.run / METRICS}, curves "
@@ -196,6 +204,7 @@ def train(config: TrainConfig) -> Summary:
     from omnitok.train.distributed import make_strategy
     from omnitok.train.freeze import freeze
     from omnitok.train.module import OmnitokModule
+    from omnitok.train.validation import Validator
 
     validate(config)
     if config.precision == "bf16" and not native_bf16(_device(config)) and is_rank_zero():
@@ -212,7 +221,9 @@ def train(config: TrainConfig) -> Summary:
     masks = freeze(model, shards.vocab, config.freeze)
     module = OmnitokModule(model, shards.vocab, config, masks, start.state.step, start.optimizer)
     data = ShardDataModule(shards, config, start.state.data)
-    recorder = Recorder(run, config, model.args, start.tokenizers, start.state)
+    validator = (Validator(open_shards(config.val_data), config, shards.vocab)
+                 if config.val_data else None)
+    recorder = Recorder(run, config, model.args, start.tokenizers, start.state, validator)
     trainer = pl.Trainer(
         accelerator=config.accelerator, devices=config.devices, num_nodes=config.num_nodes,
         strategy=make_strategy(config), precision=PRECISIONS[config.precision],
@@ -223,7 +234,8 @@ def train(config: TrainConfig) -> Summary:
         use_distributed_sampler=False, num_sanity_val_steps=0, limit_val_batches=0,
         default_root_dir=str(run))
     trainer.fit(module, datamodule=data)
-    return Summary(run, recorder.first, recorder.last, start.source)
+    return Summary(run, recorder.first, recorder.last, start.source, recorder.val_first,
+                   recorder.val_last)
 
 
 def _device(config: TrainConfig) -> str:

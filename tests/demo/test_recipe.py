@@ -6,6 +6,7 @@ import json
 
 from omnitok.cli import main
 from omnitok.model.checkpoint import load_checkpoint
+from omnitok.train.logs import read_log
 
 
 def test_quick_recipe_writes_every_artefact_and_resumes(tmp_path, capsys):
@@ -13,9 +14,12 @@ def test_quick_recipe_writes_every_artefact_and_resumes(tmp_path, capsys):
     argv = ["demo", "train", "--quick", "--out", str(out), "--data", str(data), "--threads", "1"]
     assert main(argv) == 0
     for path in ("tok/text.model", "tok/vocab.json", "tok/image/model.safetensors",
-                 "tok/audio/model.safetensors", "shards/index.json", "run/metrics.csv",
+                 "tok/audio/model.safetensors", "shards/index.json", "val_shards/index.json",
+                 "run/metrics.csv",
                  "run/curves.png", "eval/eval.json", "eval/contact_sheet.png"):
         assert (out / path).exists(), path
+    rows = read_log(out / "run" / "metrics.csv")
+    assert rows[-1]["val_loss"] > 0  # the held-out loss at the last step
     ckpt = load_checkpoint(out / "run" / "last")
     assert ckpt.tokenizers.image is not None and ckpt.tokenizers.audio is not None
     scores = json.loads((out / "eval" / "eval.json").read_text())

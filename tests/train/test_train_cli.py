@@ -13,14 +13,19 @@ import time
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from omnitok.cli import main
 from omnitok.model.checkpoint import load_checkpoint, save_checkpoint
 from omnitok.model.config import ModelArgs
 from omnitok.model.transformer import Transformer
 from omnitok.tokenizers.bundle import TokenizerBundle
+from omnitok.tokenizers.document import Document, ImageSegment
 from omnitok.tokenizers.vocab import Vocab
+from omnitok.train.encode import token_document
 from omnitok.train.logs import read_log
+from omnitok.train.packing import PackedDataset
+from omnitok.train.shards import TokenShards, write_shards
 
 
 def test_loss_of_every_modality_falls(train_data, tmp_path, capsys, train_argv):
@@ -133,6 +138,45 @@ def test_bad_input_gives_one_line_errors(train_data, baseline, tmp_path, capsys,
     assert "leaves no weight" in err
     err = one_line_error(train_argv(train_data, baseline, "--resume"), capsys)
     assert "already trained 12 steps" in err
+
+
+def test_held_out_loss_matches_the_checkpoint_and_leaves_training_alone(
+        generated, codec, baseline, tmp_path, capsys, train_argv, losses):
+    """--val-data: val_loss at every --val-every steps and at the last one, equal to the
+    checkpoint's mean cross-entropy on the same packed rows (float64, written out here); the
+    training curve is the baseline's; a held-out folder of another vocabulary is refused."""
+    shards, docs = generated
+    val = tmp_path / "val"
+    write_shards(val, codec.vocab, docs[:60], docs_per_shard=30)
+    out = tmp_path / "run"
+    argv = train_argv(shards.folder, out, "--val-data", str(val), "--val-every", "4",
+                      "--val-rows", "6", steps=10)
+    assert main(argv) == 0
+    assert "held-out loss" in capsys.readouterr().out
+    rows = read_log(out / "metrics.csv")
+    assert [int(r["step"]) for r in rows if "val_loss" in r] == [4, 8, 10]
+    base = losses(baseline)
+    assert all(loss == base[step] for step, loss in losses(out).items())
+
+    model = load_checkpoint(out / "last").model.double()
+    dataset, ce, count = PackedDataset(TokenShards(val), 128, seed=0), 0.0, 0
+    with torch.no_grad():
+        for i in range(6):
+            row = dataset[(0, i)]
+            logits = model(row["ids"][None], doc_ids=row["doc_ids"][None])[0]
+            keep = row["targets"] != -100
+            ce += float(F.cross_entropy(logits[keep], row["targets"][keep], reduction="sum"))
+            count += int(keep.sum())
+    assert abs(rows[-1]["val_loss"] - ce / count) < 1e-4, (rows[-1]["val_loss"], ce / count)
+
+    other = tmp_path / "other"
+    vocab = Vocab(text_size=10, image_size=64)
+    doc = token_document(TokenizerBundle(vocab).codec(),
+                         Document([ImageSegment(torch.zeros(2, 2, dtype=torch.long))]), line=1)
+    write_shards(other, vocab, [doc], docs_per_shard=1)
+    err = one_line_error(train_argv(shards.folder, tmp_path / "x", "--val-data", str(other)),
+                         capsys)
+    assert "--val-data" in err and "vocabulary" in err
 
 
 @pytest.mark.slow
