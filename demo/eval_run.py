@@ -28,8 +28,13 @@ from omnitok.tokenizers.document import AudioSegment, Document, ImageSegment, Te
 
 def eval_sampling() -> ModalitySampling:
     """`omnitok generate`'s sampling, except text: greedy, with no repetition penalty (a
-    caption repeats "a"), since a text answer is scored as one exact caption."""
-    return ModalitySampling(text=SamplingParams(0.0, 0, 1.0, 1.0))
+    caption repeats "a"), since a text answer is scored as one exact caption; and images at
+    temperature 0.7 (on 40 training prompts, text->image got 15-17.5% of images all right at
+    0.7 against 5-7.5% at 1.0, for two checkpoints of the built-in default)."""
+    image = ModalitySampling().image
+    return ModalitySampling(text=SamplingParams(0.0, 0, 1.0, 1.0),
+                            image=SamplingParams(0.7, image.top_k, image.top_p,
+                                                 image.repetition_penalty))
 
 
 @dataclass
