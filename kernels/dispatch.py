@@ -174,12 +174,12 @@ def document_chunked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     """
     t = q.shape[2]
     starts, ends = reference.document_bounds(doc_ids)  # (B, T) each
-    firsts = torch.arange(0, t, DOC_CHUNK, device=q.device)
-    lasts = (firsts + DOC_CHUNK).clamp(max=t)
+    firsts = list(range(0, t, DOC_CHUNK))
+    lasts = [min(a + DOC_CHUNK, t) for a in firsts]
     lo = starts[:, firsts].amin(0).tolist()  # one host sync for every chunk
-    hi = lasts.tolist() if causal else ends[:, lasts - 1].amax(0).tolist()
+    hi = lasts if causal else ends[:, [e - 1 for e in lasts]].amax(0).tolist()
     outs = []
-    for a, e, k0, k1 in zip(firsts.tolist(), lasts.tolist(), lo, hi):
+    for a, e, k0, k1 in zip(firsts, lasts, lo, hi):
         same = starts[:, a:e, None] == starts[:, None, k0:k1]  # (B, c, span)
         if causal:
             same &= (torch.arange(k0, k1, device=q.device)

@@ -41,7 +41,6 @@ class Validator:
         rows = [{k: v for k, v in dataset[(0, i)].items() if k in KEYS} for i in range(n)]
         self.batches = [default_collate(rows[i:i + config.batch_size])
                         for i in range(0, n, config.batch_size)]
-        self.tokens = int(sum(int((b["weights"] > 0).sum()) for b in self.batches))
 
     def __call__(self, trainer: pl.Trainer, module: pl.LightningModule) -> dict[str, float]:
         """{"val_loss", "val_loss_<group>"} of the model as it is now."""
