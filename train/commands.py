@@ -49,7 +49,8 @@ def train_command(*, data: Path, out: Path, model: str | None = None, init: Path
                   freeze: list[Freeze] | None = None, condition_dropout: float = 0.0,
                   modality_dropout: float = 0.0, text_weight: float = 1.0,
                   image_weight: float = 1.0, audio_weight: float = 1.0,
-                  special_weight: float = 1.0, audio_levels: list[float] | None = None,
+                  special_weight: float = 1.0, condition_weight: float = 1.0,
+                  audio_levels: list[float] | None = None,
                   seed: int = 0, checkpoint_every: int = 500, keep_checkpoints: int = 2,
                   log_every: int = 10, devices: int = 1, num_nodes: int = 1,
                   strategy: Strategy = "auto", accelerator: str = "auto", workers: int = 0,
@@ -94,6 +95,8 @@ def train_command(*, data: Path, out: Path, model: str | None = None, init: Path
         image_weight: loss weight of image-code targets.
         audio_weight: loss weight of audio-code targets.
         special_weight: loss weight of <eos>, image/audio markers and grid tokens.
+        condition_weight: extra loss weight of targets inside a document's conditioning
+            segments (all but the last); 0 trains only the target given its conditions.
         audio_levels: extra loss weight per RVQ level (one number per level).
         seed: seed of the initial weights, the data order and dropout.
         checkpoint_every: steps between checkpoints.
@@ -116,7 +119,7 @@ def train_command(*, data: Path, out: Path, model: str | None = None, init: Path
     from omnitok.train.run import is_rank_zero, train
 
     weights = {"text": text_weight, "image": image_weight, "audio": audio_weight,
-               "special": special_weight}
+               "special": special_weight, "condition": condition_weight}
     config = TrainConfig(
         data=str(data), out=str(out), model=model, init=str(init) if init else None,
         resume=resume, tokenizer=str(tokenizer) if tokenizer else None, max_steps=max_steps,

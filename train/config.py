@@ -16,6 +16,7 @@ from omnitok import OmnitokError, atomic_write_text, dataclass_from_dict, read_j
 
 PRECISIONS = {"32": "32-true", "bf16": "bf16-mixed"}
 STRATEGIES = ("auto", "ddp", "fsdp")
+WEIGHT_KEYS = ("text", "image", "audio", "special", "condition")  # LossWeights' scalar fields
 # settings a resumed run must share with the run it continues
 RESUME_KEYS = ("seq_len", "batch_size", "accumulate", "seed", "condition_dropout",
                "modality_dropout", "dropout_kinds", "loss_weights", "audio_levels", "freeze",
@@ -54,7 +55,7 @@ class TrainConfig:
     condition_dropout: float = 0.0
     modality_dropout: float = 0.0
     dropout_kinds: list[str] = field(default_factory=lambda: ["text", "image", "audio"])
-    loss_weights: dict[str, float] = field(default_factory=dict)  # text/image/audio/special
+    loss_weights: dict[str, float] = field(default_factory=dict)  # WEIGHT_KEYS
     audio_levels: list[float] = field(default_factory=list)
     seed: int = 0
     window: int = 256
@@ -92,9 +93,9 @@ class TrainConfig:
         if self.strategy not in STRATEGIES:
             raise TrainConfigError(f"--strategy {self.strategy!r}: choose from "
                                    f"{', '.join(STRATEGIES)}")
-        unknown = sorted(set(self.loss_weights) - {"text", "image", "audio", "special"})
+        unknown = sorted(set(self.loss_weights) - set(WEIGHT_KEYS))
         if unknown:
-            raise TrainConfigError(f"unknown loss weights {unknown}: text, image, audio, special")
+            raise TrainConfigError(f"unknown loss weights {unknown}: {', '.join(WEIGHT_KEYS)}")
         if self.warmup_steps < 0 or self.workers < 0 or self.grad_clip < 0:
             raise TrainConfigError("--warmup-steps, --workers and --grad-clip must be >= 0")
 

@@ -29,6 +29,7 @@ from omnitok.train.transforms import (
     Edits,
     LossWeights,
     apply_edit,
+    condition_mask,
     decide,
     edit_spans,
     edited_lengths,
@@ -225,6 +226,7 @@ class PackedDataset(Dataset):
         self.uncond = vocab.special("<uncond>") if dropout.condition else -1
         self.n_q = vocab.audio.n_q if vocab.audio is not None else 1
         self.table = weight_table(vocab, weights)
+        self.condition_weight = weights.condition
         self.spans, self.offsets = source.span_table()
         self._plans: dict[int, PackPlan] = {}
 
@@ -251,18 +253,25 @@ class PackedDataset(Dataset):
         ids = np.full(t, self.pad, dtype=np.int64)
         targets = np.full(t, IGNORE, dtype=np.int64)
         doc_ids = np.zeros(t, dtype=np.int64)
+        conditioning = np.zeros(t, dtype=bool)  # the target lies in a conditioning segment
         pos, j = 0, 0
         for j, (doc, a, b) in enumerate(plan.row(g) if g < plan.rows else ()):
-            piece = self._document(plan, int(doc)).ids[a:b]
+            document = self._document(plan, int(doc))
+            piece = document.ids[a:b]
             ids[pos:pos + len(piece)] = piece
             targets[pos:pos + len(piece) - 1] = piece[1:]
             doc_ids[pos:pos + len(piece)] = j
+            if self.condition_weight != 1:
+                conditioning[pos:pos + len(piece) - 1] = condition_mask(document)[a + 1:b]
             pos += len(piece)
         doc_ids[pos:] = j + 1 if pos else 0
         targets_t = torch.from_numpy(targets)
+        weights = token_weights(targets_t, self.table)
+        if conditioning.any():
+            weights[torch.from_numpy(conditioning)] *= self.condition_weight
         return {"ids": torch.from_numpy(ids), "targets": targets_t,
-                "doc_ids": torch.from_numpy(doc_ids),
-                "weights": token_weights(targets_t, self.table), "epoch": epoch, "row": row}
+                "doc_ids": torch.from_numpy(doc_ids), "weights": weights,
+                "epoch": epoch, "row": row}
 
     def _document(self, plan: PackPlan, doc: int) -> TokenDocument:
         dropped, uncond = plan.edits.of(self.offsets, doc)

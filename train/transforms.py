@@ -131,16 +131,20 @@ def apply_edit(doc: TokenDocument, dropped: np.ndarray, uncond: bool,
 # ---- loss weights ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LossWeights:
-    """Loss weight of a target token by its modality; audio level k also gets audio_levels[k]."""
+    """Loss weight of a target token by its modality; audio level k also gets audio_levels[k];
+    a target inside a conditioning segment (any segment before the last) also gets `condition`
+    (0: learn only the target segment given its conditions; 1: every token alike)."""
 
     text: float = 1.0
     image: float = 1.0
     audio: float = 1.0
     special: float = 1.0  # <eos>, image/audio markers and grid tokens
     audio_levels: tuple[float, ...] = ()  # one per RVQ level; empty: all 1
+    condition: float = 1.0
 
     def __post_init__(self) -> None:
-        values = (self.text, self.image, self.audio, self.special, *self.audio_levels)
+        values = (self.text, self.image, self.audio, self.special, *self.audio_levels,
+                  self.condition)
         if any(not v >= 0 for v in values):
             raise TransformError(f"loss weights must be >= 0, got {self}")
 
@@ -161,6 +165,14 @@ def weight_table(vocab: Vocab, weights: LossWeights) -> torch.Tensor:
         if token in vocab.specials:
             table[vocab.special(token)] = 0.0
     return table
+
+
+def condition_mask(doc: TokenDocument) -> np.ndarray:
+    """(L,) bool: the positions of `doc` inside its conditioning segments (all but the last)."""
+    mask = np.zeros(len(doc.ids), dtype=bool)
+    for _, start, stop in doc.spans[:-1]:
+        mask[start:stop] = True
+    return mask
 
 
 def token_weights(targets: torch.Tensor, table: torch.Tensor) -> torch.Tensor:

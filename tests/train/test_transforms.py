@@ -97,6 +97,30 @@ def test_packed_rows_with_dropout_keep_every_edited_token(generated):
             pos += b - a
 
 
+def test_condition_weight_scales_only_targets_before_the_last_segment(generated, codec):
+    data, _ = generated
+    unit = PackedDataset(data, 512, seed=1, dropout=Dropout(0.3, 0.2))
+    scaled = PackedDataset(data, 512, seed=1, dropout=Dropout(0.3, 0.2),
+                           weights=LossWeights(condition=0.25))
+    edited, _, _ = edited_docs(data, Dropout(0.3, 0.2), seed=1)
+    plan, conditioning = unit.plan(0), 0
+    for r in range(0, plan.rows, 3):
+        a_row, b_row = unit[(0, r)], scaled[(0, r)]
+        assert torch.equal(a_row["targets"], b_row["targets"])
+        expected, pos = a_row["weights"].clone(), 0
+        for doc, a, b in plan.row(r).tolist():
+            spans = parsed_spans(codec, edited[doc].ids)  # the codec's own segment parse
+            for q in range(a + 1, b):  # target at row position pos + q - a - 1 is ids[q]
+                if any(start <= q < stop for _, start, stop in spans[:-1]):
+                    expected[pos + q - a - 1] *= 0.25
+                    conditioning += 1
+            pos += b - a
+        assert torch.equal(b_row["weights"], expected)
+    assert conditioning > 0
+    with pytest.raises(TransformError):
+        LossWeights(condition=-0.5)
+
+
 def test_loss_weights_per_modality_and_level(codec):
     vocab = codec.vocab
     weights = LossWeights(text=1.0, image=0.5, audio=2.0, special=0.25, audio_levels=(1.0, 0.1))
