@@ -62,14 +62,15 @@ def objective(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor
     denom = w.sum() if normalizer is None else normalizer
     loss = weighted / torch.as_tensor(denom, dtype=torch.float32).clamp(min=1e-8)
     with torch.no_grad():
-        stats = group_stats(flat, ce, safe, valid, groups)
+        stats = group_stats(flat, ce, safe, valid & (w > 0), groups)  # the trained targets
         stats[-1, 0], stats[-1, 1] = weighted.double(), w.sum().double()
     return StepLoss(loss, stats)
 
 
 def group_stats(flat: torch.Tensor, ce: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,
                 groups: torch.Tensor) -> torch.Tensor:
-    """(len(GROUPS) + 1, 3) float64: per group, the sums of ce, correct argmax and targets."""
+    """(len(GROUPS) + 1, 3) float64: per group, the sums of ce, correct argmax and targets
+    (over the positions where `valid`)."""
     g = torch.where(valid, groups.to(target.device)[target], len(GROUPS))  # (N,)
     correct = (flat.argmax(dim=-1) == target) & valid
     out = torch.zeros(len(GROUPS) + 1, 3, dtype=torch.float64, device=flat.device)
