@@ -46,7 +46,8 @@ def train_command(*, data: Path, out: Path, model: str | None = None, init: Path
                   weight_decay: float = 0.1, grad_clip: float = 1.0,
                   z_loss: float | None = None, precision: Precision = "32",
                   compile: bool = False, activation_checkpointing: bool = False,
-                  freeze: list[Freeze] | None = None, condition_dropout: float = 0.0,
+                  freeze: list[Freeze] | None = None, codebook_init: bool = False,
+                  condition_dropout: float = 0.0,
                   modality_dropout: float = 0.0, text_weight: float = 1.0,
                   image_weight: float = 1.0, audio_weight: float = 1.0,
                   special_weight: float = 1.0, condition_weight: float = 1.0,
@@ -88,6 +89,8 @@ def train_command(*, data: Path, out: Path, model: str | None = None, init: Path
         freeze: keep weights fixed: backbone (blocks + final norm), embeddings (input
             embedding + head), text (everything except the embedding and head rows of
             non-text ids).
+        codebook_init: start a fresh model's image and audio embeddings from the
+            tokenizers' codebooks (needs --tokenizer; not with --init).
         condition_dropout: probability of replacing a document's conditioning segments by
             <uncond> (classifier-free guidance).
         modality_dropout: probability of dropping each non-target segment.
@@ -127,6 +130,7 @@ def train_command(*, data: Path, out: Path, model: str | None = None, init: Path
         warmup_steps=warmup_steps, weight_decay=weight_decay, grad_clip=grad_clip,
         z_loss=z_loss, precision=precision, compile=compile,
         activation_checkpointing=activation_checkpointing, freeze=list(freeze or []),
+        codebook_init=codebook_init,
         condition_dropout=condition_dropout, modality_dropout=modality_dropout,
         loss_weights=weights, audio_levels=list(audio_levels or []), seed=seed,
         checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,

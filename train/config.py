@@ -52,6 +52,7 @@ class TrainConfig:
     compile: bool = False
     activation_checkpointing: bool = False
     freeze: list[str] = field(default_factory=list)
+    codebook_init: bool = False  # media embeddings of a fresh model from their codebooks
     condition_dropout: float = 0.0
     modality_dropout: float = 0.0
     dropout_kinds: list[str] = field(default_factory=lambda: ["text", "image", "audio"])

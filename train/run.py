@@ -29,6 +29,7 @@ from omnitok.train.config import (
     check_resume,
     save_config,
 )
+from omnitok.train.embeddings import codebook_embeddings
 from omnitok.train.logs import METRICS, truncate_log
 from omnitok.train.objective import GROUPS
 from omnitok.train.shards import TokenShards
@@ -98,6 +99,9 @@ def start_point(config: TrainConfig, shards: TokenShards, run: Path) -> Start:
         raise TrainError(f"{run} already holds a run; pass --resume to continue it or choose "
                          "another --out")
     if last is not None or config.init is not None:
+        if config.codebook_init and last is None:
+            raise TrainError("--codebook-init sets a fresh model's embeddings; it does not go "
+                             "with --init")
         folder = last or Path(config.init)
         ckpt = load_checkpoint(folder)
         check_checkpoint_vocab(folder, ckpt.tokenizers, shards.vocab)
@@ -111,7 +115,11 @@ def start_point(config: TrainConfig, shards: TokenShards, run: Path) -> Start:
     torch.manual_seed(config.seed)
     model = Transformer(model_args(config, shards.vocab.padded_size))
     tokenizers = _with_tokenizers(config, TokenizerBundle(shards.vocab), shards)
-    return Start(model, tokenizers, TrainState(), source=f"preset {config.model or 'tiny'}")
+    source = f"preset {config.model or 'tiny'}"
+    if config.codebook_init:
+        ranges = codebook_embeddings(model, tokenizers, seed=config.seed)
+        source += f", {'/'.join(ranges)} embeddings from their codebooks"
+    return Start(model, tokenizers, TrainState(), source=source)
 
 
 def _with_tokenizers(config: TrainConfig, bundle: TokenizerBundle,
