@@ -5,7 +5,7 @@ A fresh model learns what each image or audio code looks like only from how code
 which is slow: two codes for the same edge between different colours start as unrelated as any
 two ids. The codebook vectors already hold that geometry. Each vocabulary range of codes gets
 its codebook (image: the VQ codebook; audio level k: RVQ codebook k) through one fixed random
-projection per codebook width (so the audio levels share it, and level sums stay meaningful),
+projection per codebook width (so the audio levels share it and live in one space),
 rescaled to the mean row norm of the model's own initialisation. Text and special rows, and the
 output head, keep their random initialisation.
 """
