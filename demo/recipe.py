@@ -141,7 +141,8 @@ def _stages(out: Path, data: Path, s: RecipeSettings, threads: int | None,
 
         run = out / "run"
         train_command(data=out / "shards", out=run, model=s.preset, tokenizer=tok,
-                      resume=(run / "last").exists(), max_steps=s.train_steps,
+                      codebook_init=True, resume=(run / "last").exists(),
+                      max_steps=s.train_steps,
                       batch_size=s.batch_size, seq_len=s.seq_len, lr=s.lr,
                       min_lr=s.lr / 10, warmup_steps=min(200, s.train_steps // 10 + 1),
                       condition_dropout=s.condition_dropout, seed=seed, threads=threads,
