@@ -39,7 +39,7 @@ Strategy = Literal["auto", "ddp", "fsdp"]
 Freeze = Literal["backbone", "embeddings", "text"]
 
 
-def train_command(*, data: Path, out: Path, model: str | None = None, init: Path | None = None,
+def train_command(*, data: Path, out: Path, mix: list[str] | None = None, model: str | None = None, init: Path | None = None,
                   resume: bool = False, tokenizer: Path | None = None, max_steps: int = 1000,
                   batch_size: int = 8, seq_len: int = 512, accumulate: int = 1,
                   lr: float = 3e-4, min_lr: float = 3e-5, warmup_steps: int = 100,
@@ -68,6 +68,9 @@ def train_command(*, data: Path, out: Path, model: str | None = None, init: Path
     Args:
         data: shard folder made by `omnitok tokenize`.
         out: run folder.
+        mix: more shard folders (same tokenizer) trained on with --data, as FOLDER:REPEATS:
+            each of its documents REPEATS times per pass over --data (a fraction takes a
+            seeded share of them; e.g. shards_img:2 shards_speech:0.5).
         model: model preset (debug, tiny, small, ...); default tiny, or the --init checkpoint's.
         init: omnitok checkpoint to start from (fine-tuning; e.g. from `omnitok convert hf`).
         resume: continue the run in --out from its last checkpoint (same data order, same curve).
@@ -124,7 +127,7 @@ def train_command(*, data: Path, out: Path, model: str | None = None, init: Path
     weights = {"text": text_weight, "image": image_weight, "audio": audio_weight,
                "special": special_weight, "condition": condition_weight}
     config = TrainConfig(
-        data=str(data), out=str(out), model=model, init=str(init) if init else None,
+        data=str(data), out=str(out), mix=list(mix or []), model=model, init=str(init) if init else None,
         resume=resume, tokenizer=str(tokenizer) if tokenizer else None, max_steps=max_steps,
         batch_size=batch_size, seq_len=seq_len, accumulate=accumulate, lr=lr, min_lr=min_lr,
         warmup_steps=warmup_steps, weight_decay=weight_decay, grad_clip=grad_clip,

@@ -13,12 +13,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from omnitok import OmnitokError, atomic_write_text, dataclass_from_dict, read_json_object
+from omnitok.train.mix import parse_mix
 
 PRECISIONS = {"32": "32-true", "bf16": "bf16-mixed"}
 STRATEGIES = ("auto", "ddp", "fsdp")
 WEIGHT_KEYS = ("text", "image", "audio", "special", "condition")  # LossWeights' scalar fields
 # settings a resumed run must share with the run it continues
-RESUME_KEYS = ("seq_len", "batch_size", "accumulate", "seed", "condition_dropout",
+RESUME_KEYS = ("mix", "seq_len", "batch_size", "accumulate", "seed", "condition_dropout",
                "modality_dropout", "dropout_kinds", "loss_weights", "audio_levels", "freeze",
                "world_size", "window", "lr", "min_lr", "warmup_steps", "weight_decay", "beta1",
                "beta2")
@@ -32,6 +33,7 @@ class TrainConfigError(OmnitokError, ValueError):
 class TrainConfig:
     data: str
     out: str
+    mix: list[str] = field(default_factory=list)  # more shard folders, "FOLDER:REPEATS"
     model: str | None = None  # preset; None: from `init`, else "tiny"
     init: str | None = None  # omnitok checkpoint to start from
     tokenizer: str | None = None  # tokenizer folder saved with every checkpoint
@@ -97,6 +99,8 @@ class TrainConfig:
         unknown = sorted(set(self.loss_weights) - set(WEIGHT_KEYS))
         if unknown:
             raise TrainConfigError(f"unknown loss weights {unknown}: {', '.join(WEIGHT_KEYS)}")
+        for entry in self.mix:
+            parse_mix(entry)
         if self.warmup_steps < 0 or self.workers < 0 or self.grad_clip < 0:
             raise TrainConfigError("--warmup-steps, --workers and --grad-clip must be >= 0")
 
@@ -125,8 +129,9 @@ def check_resume(config: TrainConfig, path: Path, model_args: dict) -> None:
     """Raise TrainConfigError naming the first setting that differs from the saved run."""
     saved = read_json_object(path, TrainConfigError)
     old, new = saved.get("train", {}), config.to_dict()
+    defaults = asdict(TrainConfig(data="", out=""))  # for settings older runs did not save
     for key in RESUME_KEYS:
-        if old.get(key) != new.get(key):
+        if old.get(key, defaults.get(key)) != new.get(key):
             raise TrainConfigError(f"{path.parent} was trained with {key}={old.get(key)!r}, "
                                    f"not {new.get(key)!r}; use the same setting to resume")
     if saved.get("model") != model_args:

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from omnitok.train.config import TrainConfig
 from omnitok.train.packing import PackedDataset, ResumableSampler
+from omnitok.train.mix import ShardMix
 from omnitok.train.shards import TokenShards
 from omnitok.train.transforms import Dropout, LossWeights
 
@@ -27,7 +28,7 @@ def weights_of(config: TrainConfig) -> LossWeights:
 
 
 class ShardDataModule(pl.LightningDataModule):
-    def __init__(self, shards: TokenShards, config: TrainConfig,
+    def __init__(self, shards: TokenShards | ShardMix, config: TrainConfig,
                  position: dict | None = None) -> None:
         super().__init__()
         self.shards, self.config = shards, config
@@ -46,7 +47,7 @@ class ShardDataModule(pl.LightningDataModule):
                           num_workers=c.workers, persistent_workers=c.workers > 0)
 
 
-def rows_for_rank(shards: TokenShards, config: TrainConfig, rank: int,
+def rows_for_rank(shards: TokenShards | ShardMix, config: TrainConfig, rank: int,
                   world: int) -> PackedDataset:
     """This rank's packed rows (dropout and loss weights from `config`)."""
     return PackedDataset(shards, config.seq_len, seed=config.seed, rank=rank, world_size=world,

@@ -23,6 +23,7 @@ from torch.utils.data import Dataset, Sampler
 
 from omnitok import OmnitokError
 from omnitok.model.loss import IGNORE
+from omnitok.train.mix import ShardMix
 from omnitok.train.shards import AUDIO, IMAGE, TEXT, TokenDocument, TokenShards
 from omnitok.train.transforms import (
     Dropout,
@@ -214,7 +215,7 @@ class PackedDataset(Dataset):
     ranks stay in step and together see every row exactly once. Use `ResumableSampler`.
     """
 
-    def __init__(self, source: TokenShards, seq_len: int, *, seed: int = 0, rank: int = 0,
+    def __init__(self, source: TokenShards | ShardMix, seq_len: int, *, seed: int = 0, rank: int = 0,
                  world_size: int = 1, window: int = 256, dropout: Dropout = NO_DROPOUT,
                  weights: LossWeights = UNIT_WEIGHTS) -> None:
         if not 0 <= rank < world_size:

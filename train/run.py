@@ -32,6 +32,7 @@ from omnitok.train.config import (
 from omnitok.train.embeddings import codebook_embeddings
 from omnitok.train.logs import METRICS, truncate_log
 from omnitok.train.objective import GROUPS
+from omnitok.train.mix import ShardMix, parse_mix
 from omnitok.train.shards import TokenShards
 from omnitok.train.state import (
     CHECKPOINTS,
@@ -73,6 +74,19 @@ def open_shards(folder: str) -> TokenShards:
     return TokenShards(folder)
 
 
+def open_training_data(config: TrainConfig) -> TokenShards | ShardMix:
+    """--data's shards, or with --mix the mix of --data (once) and the --mix folders."""
+    shards = open_shards(config.data)
+    if not config.mix:
+        return shards
+    entries = [parse_mix(e) for e in config.mix]
+    mix = ShardMix([shards, *(open_shards(e.folder) for e in entries)],
+                   [1.0, *(e.repeats for e in entries)], seed=config.seed)
+    if is_rank_zero():
+        print(mix.summary(), flush=True)
+    return mix
+
+
 def model_args(config: TrainConfig, vocab_size: int) -> ModelArgs:
     """A preset's ModelArgs for a fresh model, long enough for `config.seq_len`."""
     args = ModelArgs.from_name(config.model or "tiny", vocab_size=vocab_size)
@@ -92,7 +106,7 @@ def check_architecture(args: ModelArgs, config: TrainConfig, source: str) -> Non
                          f"{args.max_seq_len}")
 
 
-def start_point(config: TrainConfig, shards: TokenShards, run: Path) -> Start:
+def start_point(config: TrainConfig, shards: TokenShards | ShardMix, run: Path) -> Start:
     """The model and state this run starts from (see the module docstring)."""
     last = latest_checkpoint(run) if config.resume else None
     if last is None and is_rank_zero() and (run / RUN_CONFIG).exists() and not config.resume:
@@ -123,7 +137,7 @@ def start_point(config: TrainConfig, shards: TokenShards, run: Path) -> Start:
 
 
 def _with_tokenizers(config: TrainConfig, bundle: TokenizerBundle,
-                     shards: TokenShards) -> TokenizerBundle:
+                     shards: TokenShards | ShardMix) -> TokenizerBundle:
     """`--tokenizer`'s bundle when given (it must match the shards), else `bundle`."""
     if config.tokenizer is None:
         return bundle
@@ -221,7 +235,7 @@ def train(config: TrainConfig) -> Summary:
     if config.threads:
         torch.set_num_threads(config.threads)
     quiet_lightning()
-    shards, run = open_shards(config.data), Path(config.out)
+    shards, run = open_training_data(config), Path(config.out)
     start = start_point(config, shards, run)
     prepare_run(config, start, run)
     model = start.model
