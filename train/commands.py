@@ -39,8 +39,9 @@ Strategy = Literal["auto", "ddp", "fsdp"]
 Freeze = Literal["backbone", "embeddings", "text"]
 
 
-def train_command(*, data: Path, out: Path, mix: list[str] | None = None, model: str | None = None, init: Path | None = None,
-                  resume: bool = False, tokenizer: Path | None = None, max_steps: int = 1000,
+def train_command(*, data: Path, out: Path, mix: list[str] | None = None,
+                  model: str | None = None, init: Path | None = None, resume: bool = False,
+                  tokenizer: Path | None = None, max_steps: int = 1000,
                   batch_size: int = 8, seq_len: int = 512, accumulate: int = 1,
                   lr: float = 3e-4, min_lr: float = 3e-5, warmup_steps: int = 100,
                   weight_decay: float = 0.1, grad_clip: float = 1.0,
@@ -127,8 +128,9 @@ def train_command(*, data: Path, out: Path, mix: list[str] | None = None, model:
     weights = {"text": text_weight, "image": image_weight, "audio": audio_weight,
                "special": special_weight, "condition": condition_weight}
     config = TrainConfig(
-        data=str(data), out=str(out), mix=list(mix or []), model=model, init=str(init) if init else None,
-        resume=resume, tokenizer=str(tokenizer) if tokenizer else None, max_steps=max_steps,
+        data=str(data), out=str(out), mix=list(mix or []), model=model,
+        init=str(init) if init else None, resume=resume,
+        tokenizer=str(tokenizer) if tokenizer else None, max_steps=max_steps,
         batch_size=batch_size, seq_len=seq_len, accumulate=accumulate, lr=lr, min_lr=min_lr,
         warmup_steps=warmup_steps, weight_decay=weight_decay, grad_clip=grad_clip,
         z_loss=z_loss, precision=precision, compile=compile,

@@ -12,8 +12,8 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
 from omnitok.train.config import TrainConfig
-from omnitok.train.packing import PackedDataset, ResumableSampler
 from omnitok.train.mix import ShardMix
+from omnitok.train.packing import PackedDataset, ResumableSampler
 from omnitok.train.shards import TokenShards
 from omnitok.train.transforms import Dropout, LossWeights
 

@@ -31,8 +31,8 @@ from omnitok.train.config import (
 )
 from omnitok.train.embeddings import codebook_embeddings
 from omnitok.train.logs import METRICS, truncate_log
-from omnitok.train.objective import GROUPS
 from omnitok.train.mix import ShardMix, parse_mix
+from omnitok.train.objective import GROUPS
 from omnitok.train.shards import TokenShards
 from omnitok.train.state import (
     CHECKPOINTS,
