@@ -216,8 +216,8 @@ class PackedDataset(Dataset):
     """
 
     def __init__(self, source: TokenShards | ShardMix, seq_len: int, *, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, window: int = 256, dropout: Dropout = NO_DROPOUT,
-                 weights: LossWeights = UNIT_WEIGHTS) -> None:
+                 rank: int = 0, world_size: int = 1, window: int = 256,
+                 dropout: Dropout = NO_DROPOUT, weights: LossWeights = UNIT_WEIGHTS) -> None:
         if not 0 <= rank < world_size:
             raise PackingError(f"rank {rank} outside [0, {world_size})")
         self.source, self.seq_len, self.seed, self.window = source, seq_len, seed, window
