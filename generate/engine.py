@@ -61,8 +61,9 @@ def compiled_decode_step(model: Transformer):
     shape: the first steps of a new batch size or cache length pay the compile time)."""
     step = getattr(model, "_compiled_decode_step", None)
     if step is None:
-        def decode(tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-            return model(tokens, input_pos=pos)[:, -1]
+        def decode(tokens: torch.Tensor, pos: torch.Tensor,
+                   image_pos: torch.Tensor | None = None) -> torch.Tensor:
+            return model(tokens, input_pos=pos, image_pos=image_pos)[:, -1]
 
         step = torch.compile(decode, dynamic=False)
         object.__setattr__(model, "_compiled_decode_step", step)
@@ -143,9 +144,11 @@ class Engine:
             going[live] = 1
             feed = torch.full((len(batch),), self.pad_id, dtype=torch.long, device=self.device)
             feed[live] = tokens
+            grid = self._grid_positions(requests, batch, live)
             if self.guidance is not None:
                 feed, going = torch.cat([feed, feed]), torch.cat([going, going])
-            logits = self._forward(feed[:, None], pos[:, None])
+                grid = None if grid is None else torch.cat([grid, grid])
+            logits = self._forward(feed[:, None], pos[:, None], grid)
             pos = pos + going  # a finished row (kept for static shapes) stays where it is
 
     def _prefill(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,10 +164,22 @@ class Engine:
         logits = self.model(ids, input_pos=positions, kv_len=width)
         return logits[torch.arange(len(prompts)), lengths - 1], lengths
 
-    def _forward(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    def _grid_positions(self, requests: Sequence[Request], batch: list[int],
+                        live: list[int]) -> torch.Tensor | None:
+        """(R, 1, 2) image (row, column) of the ids fed next, for a model that embeds them."""
+        if self.model.args.image_positions is None:
+            return None
+        rows = set(live)
+        grid = [self.grammar.grid_position(requests[i].state) if j in rows else (0, 0)
+                for j, i in enumerate(batch)]
+        return torch.tensor(grid, device=self.device)[:, None]
+
+    def _forward(self, tokens: torch.Tensor, pos: torch.Tensor,
+                 image_pos: torch.Tensor | None) -> torch.Tensor:
         if self.compiled is not None:  # static shapes: the whole cache, every row
-            return self.compiled(tokens, pos)
-        return self.model(tokens, input_pos=pos, kv_len=int(pos.max()) + 1)[:, -1]
+            return self.compiled(tokens, pos, image_pos)
+        return self.model(tokens, input_pos=pos, kv_len=int(pos.max()) + 1,
+                          image_pos=image_pos)[:, -1]
 
     def _step(self, requests: Sequence[Request], alive: list[int], logits: torch.Tensor,
               seen: torch.Tensor, generators: list[torch.Generator | None]

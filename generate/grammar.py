@@ -238,6 +238,15 @@ class Grammar:
         state.history.append(token)
         self._transition(state, token)
 
+    def grid_position(self, state: RowState) -> tuple[int, int]:
+        """1-based (row, column) in its image of the last id `state` advanced past when that id
+        is an image code, else (0, 0): what `model.image_positions.grid_positions` finds."""
+        if state.phase not in (Phase.IMAGE, Phase.IMAGE_END):
+            return 0, 0
+        h, w = state.grid
+        k = h * w - state.image_left - 1  # the code just taken; -1 right after the header
+        return (k // w + 1, k % w + 1) if k >= 0 else (0, 0)
+
     def _transition(self, state: RowState, token: int) -> None:
         ids, phase = self.ids, state.phase
         if phase == Phase.TEXT:

@@ -106,7 +106,7 @@ def info(ckpt: Path) -> None:
           f"without embeddings), dtype {str(c.model.tok_embeddings.weight.dtype)[6:]}")
     print(f"layers      {a.n_layers} x dim {a.dim}, heads {a.n_heads} (kv {a.n_kv_heads}), "
           f"ffn {a.intermediate_size}, context {a.max_seq_len}, qk_norm {a.qk_norm}, "
-          f"tied {a.tie_embeddings}")
+          f"tied {a.tie_embeddings}, 2-D image positions {a.image_positions is not None}")
     print(f"text        {c.text.vocab_size if c.text else 'no'} tokenizer pieces")
     if c.vocab.audio:
         au = c.vocab.audio

@@ -23,6 +23,29 @@ class RopeScaling:
 
 
 @dataclass
+class ImagePositions:
+    """Learned row and column embeddings added to the input of every image code.
+
+    The ids that locate an image in a stream (tokenizers/document.py): `boi` opens a segment,
+    the two ids after it are grid tokens (`grid_start` means a side of 1), then come h*w code
+    ids in [code_start, code_stop) in raster order. Sides up to `max_side` are embedded.
+    """
+
+    boi: int
+    grid_start: int
+    code_start: int
+    code_stop: int
+    max_side: int
+
+    def __post_init__(self) -> None:
+        if min(self.boi, self.grid_start, self.code_start) < 0 or self.max_side < 1:
+            raise ConfigError("image_positions: ids must be >= 0 and max_side >= 1")
+        if self.code_stop <= self.code_start:
+            raise ConfigError(f"image_positions: empty code range [{self.code_start}, "
+                              f"{self.code_stop})")
+
+
+@dataclass
 class ModelArgs:
     vocab_size: int = 512
     dim: int = 64
@@ -40,10 +63,13 @@ class ModelArgs:
     tie_embeddings: bool = False
     z_loss: float = 0.0  # default weight of the z-loss (log Z)^2 term used by training
     init_std: float = 0.02
+    image_positions: ImagePositions | None = None  # None: image codes get 1-D RoPE only
 
     def __post_init__(self) -> None:
         if isinstance(self.rope_scaling, dict):
             self.rope_scaling = RopeScaling(**self.rope_scaling)
+        if isinstance(self.image_positions, dict):
+            self.image_positions = ImagePositions(**self.image_positions)
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
         if self.head_dim is None:
@@ -62,6 +88,10 @@ class ModelArgs:
                               f"{self.n_kv_heads}")
         if self.head_dim % 2:
             raise ConfigError(f"head_dim must be even for RoPE, got {self.head_dim}")
+        pos = self.image_positions
+        if pos is not None and max(pos.boi, pos.grid_start + pos.max_side - 1,
+                                   pos.code_stop - 1) >= self.vocab_size:
+            raise ConfigError(f"image_positions: ids beyond vocab_size {self.vocab_size}")
 
     @classmethod
     def from_name(cls, name: str, **overrides) -> ModelArgs:
@@ -93,6 +123,8 @@ class ModelArgs:
         n = self.n_layers * block + self.dim
         if embeddings:
             n += self.vocab_size * self.dim * (1 if self.tie_embeddings else 2)
+            if self.image_positions is not None:  # row and column tables
+                n += 2 * (self.image_positions.max_side + 1) * self.dim
         return n
 
 

@@ -15,6 +15,9 @@ from omnitok.model.transformer import Transformer
 def hf_config_dict(model: Transformer) -> dict:
     """A `transformers` config dict (LlamaConfig, or Qwen3Config with QK-norm) for `model`."""
     a = model.args
+    if a.image_positions is not None:
+        raise OmnitokError("this model embeds 2-D image positions: a transformers Llama has no "
+                           "place for them")
     cfg = dict(vocab_size=a.vocab_size, hidden_size=a.dim, num_hidden_layers=a.n_layers,
                num_attention_heads=a.n_heads, num_key_value_heads=a.n_kv_heads,
                head_dim=a.head_dim, intermediate_size=a.intermediate_size,

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from omnitok import kernels
 from omnitok.kernels import packed_linear
 from omnitok.model.config import ModelArgs, RopeScaling
+from omnitok.model.image_positions import grid_positions
 from omnitok.model.kv_cache import KVCache
 
 
@@ -137,6 +138,11 @@ class Transformer(nn.Module):
         self.args = args
         self.attn_backend = attn_backend
         self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        self.image_rows = self.image_cols = None
+        if args.image_positions is not None:  # index 0: not an image code (stays zero)
+            side = args.image_positions.max_side + 1
+            self.image_rows = nn.Embedding(side, args.dim, padding_idx=0)
+            self.image_cols = nn.Embedding(side, args.dim, padding_idx=0)
         self.layers = nn.ModuleList(Block(args) for _ in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.output = Linear(args.dim, args.vocab_size)
@@ -147,6 +153,9 @@ class Transformer(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith(("wo.weight", "w2.weight")):  # residual projections, GPT-2 style
                 nn.init.normal_(p, std=args.init_std / math.sqrt(2 * args.n_layers))
+        if self.image_rows is not None:  # start as a model without them
+            nn.init.zeros_(self.image_rows.weight)
+            nn.init.zeros_(self.image_cols.weight)
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -206,7 +215,8 @@ class Transformer(nn.Module):
 
     # ---- forward -------------------------------------------------------------------------
     def forward(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None,
-                doc_ids: torch.Tensor | None = None, kv_len: int | None = None) -> torch.Tensor:
+                doc_ids: torch.Tensor | None = None, kv_len: int | None = None,
+                image_pos: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, T, vocab_size) for token ids idx (B, T).
 
         input_pos: (B, T) or (T,) absolute positions, required with a KV cache (the new keys
@@ -215,6 +225,9 @@ class Transformer(nn.Module):
                    position in input_pos); None: the whole cache.
         doc_ids:   (B, T) document of each token in a packed row: attention stays inside each
                    document and positions restart at 0 in each one. Not with a KV cache.
+        image_pos: (B, T, 2) 1-based (row, column) of each image code, 0 elsewhere (with
+                   `args.image_positions`). None: found in idx, which must then hold whole
+                   sequences from their start (required for decode steps with a KV cache).
         """
         b, t = idx.shape
         if self.has_cache and input_pos is None:
@@ -226,10 +239,20 @@ class Transformer(nn.Module):
         cos, sin = cos[:, None].to(self.tok_embeddings.weight.dtype), sin[:, None].to(
             self.tok_embeddings.weight.dtype)
         x = self.tok_embeddings(idx)
+        if self.image_rows is not None:
+            x = x + self._image_embeddings(idx, input_pos, image_pos)
         for layer in self.layers:
             x = layer(x, cos, sin, doc_ids, pos if input_pos is not None else None,
                       self.attn_backend, kv_len)
         return self.output(self.norm(x, self.attn_backend))
+
+    def _image_embeddings(self, idx: torch.Tensor, input_pos: torch.Tensor | None,
+                          image_pos: torch.Tensor | None) -> torch.Tensor:
+        if image_pos is None:
+            if input_pos is not None and int(input_pos.min()) > 0:
+                raise ValueError("a decode step of a model with image positions needs image_pos")
+            image_pos = grid_positions(idx, self.args.image_positions)
+        return self.image_rows(image_pos[..., 0]) + self.image_cols(image_pos[..., 1])
 
     def _positions(self, b: int, t: int, input_pos: torch.Tensor | None,
                    doc_ids: torch.Tensor | None, device: torch.device) -> torch.Tensor:

@@ -48,6 +48,7 @@ def train_command(*, data: Path, out: Path, mix: list[str] | None = None,
                   z_loss: float | None = None, precision: Precision = "32",
                   compile: bool = False, activation_checkpointing: bool = False,
                   freeze: list[Freeze] | None = None, codebook_init: bool = False,
+                  image_positions: bool = False,
                   condition_dropout: float = 0.0,
                   modality_dropout: float = 0.0, text_weight: float = 1.0,
                   image_weight: float = 1.0, audio_weight: float = 1.0,
@@ -95,6 +96,8 @@ def train_command(*, data: Path, out: Path, mix: list[str] | None = None,
             non-text ids).
         codebook_init: start a fresh model's image and audio embeddings from the
             tokenizers' codebooks (needs --tokenizer; not with --init).
+        image_positions: give the model learned row and column embeddings of image codes
+            (2-D positions beside the 1-D RoPE); with --init they are added, starting at zero.
         condition_dropout: probability of replacing a document's conditioning segments by
             <uncond> (classifier-free guidance).
         modality_dropout: probability of dropping each non-target segment.
@@ -135,7 +138,7 @@ def train_command(*, data: Path, out: Path, mix: list[str] | None = None,
         warmup_steps=warmup_steps, weight_decay=weight_decay, grad_clip=grad_clip,
         z_loss=z_loss, precision=precision, compile=compile,
         activation_checkpointing=activation_checkpointing, freeze=list(freeze or []),
-        codebook_init=codebook_init,
+        codebook_init=codebook_init, image_positions=image_positions,
         condition_dropout=condition_dropout, modality_dropout=modality_dropout,
         loss_weights=weights, audio_levels=list(audio_levels or []), seed=seed,
         checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,

@@ -1,10 +1,12 @@
 """`--freeze`: which weights a run trains.
 
 - `backbone`: the transformer blocks and the final norm stay fixed (embeddings and head train);
-- `embeddings`: the input embedding and the output head stay fixed;
+- `embeddings`: the input embedding (with the image row/column embeddings, where the model
+  has them) and the output head stay fixed;
 - `text`: everything a text LLM already has stays fixed: the backbone and the embedding and
   head rows of the text range; only the rows of the other ids (special and grid tokens,
-  image codes, audio codes) train, as Anole did to teach a text model image tokens.
+  image codes, audio codes) and the image row/column embeddings train, as Anole did to teach
+  a text model image tokens.
 
 Whole tensors are frozen with `requires_grad = False`. Frozen rows of a trained tensor get a
 row mask: `mask_gradients` zeroes their gradients before every optimizer step, and such
@@ -21,6 +23,7 @@ from omnitok.tokenizers.vocab import Vocab
 
 FREEZE_CHOICES = ("backbone", "embeddings", "text")
 ROW_PARAMS = ("tok_embeddings.weight", "output.weight")
+IMAGE_POSITION_PARAMS = ("image_rows.weight", "image_cols.weight")
 
 
 class FreezeError(OmnitokError, ValueError):
@@ -39,7 +42,7 @@ def freeze(model: Transformer, vocab: Vocab, names: list[str] | tuple[str, ...]
     if "backbone" in names or "text" in names:
         fixed |= {n for n, _ in model.named_parameters() if n.startswith(("layers.", "norm."))}
     if "embeddings" in names:
-        fixed |= set(ROW_PARAMS)
+        fixed |= set(ROW_PARAMS) | set(IMAGE_POSITION_PARAMS)
     masks = {}
     if "text" in names:
         text = vocab.range("text")

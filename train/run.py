@@ -18,9 +18,11 @@ import torch
 
 from omnitok import OmnitokError, native_bf16
 from omnitok.model.checkpoint import load_checkpoint
-from omnitok.model.config import ModelArgs
+from omnitok.model.config import ImagePositions, ModelArgs
+from omnitok.model.image_positions import image_positions_for
 from omnitok.model.transformer import Transformer
 from omnitok.tokenizers.bundle import TokenizerBundle
+from omnitok.tokenizers.vocab import Vocab
 from omnitok.train.callbacks import CURVES
 from omnitok.train.config import (
     PRECISIONS,
@@ -87,10 +89,29 @@ def open_training_data(config: TrainConfig) -> TokenShards | ShardMix:
     return mix
 
 
-def model_args(config: TrainConfig, vocab_size: int) -> ModelArgs:
+def model_args(config: TrainConfig, vocab: Vocab) -> ModelArgs:
     """A preset's ModelArgs for a fresh model, long enough for `config.seq_len`."""
-    args = ModelArgs.from_name(config.model or "tiny", vocab_size=vocab_size)
-    return args.replace(max_seq_len=max(args.max_seq_len, config.seq_len))
+    args = ModelArgs.from_name(config.model or "tiny", vocab_size=vocab.padded_size)
+    layout = image_layout(vocab) if config.image_positions else None
+    return args.replace(max_seq_len=max(args.max_seq_len, config.seq_len),
+                        image_positions=layout)
+
+
+def image_layout(vocab: Vocab) -> ImagePositions:
+    try:
+        return image_positions_for(vocab)
+    except ValueError as e:
+        raise TrainError(f"--image-positions: {e}") from None
+
+
+def with_image_positions(model: Transformer, vocab: Vocab) -> Transformer:
+    """`model` with row and column embeddings of image codes added, at zero: the same
+    function until training moves them."""
+    args = model.args.replace(image_positions=image_layout(vocab))
+    grown = Transformer(args, attn_backend=model.attn_backend)
+    missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
+    assert not unexpected and set(missing) == {"image_rows.weight", "image_cols.weight"}
+    return grown
 
 
 def check_architecture(args: ModelArgs, config: TrainConfig, source: str) -> None:
@@ -123,11 +144,15 @@ def start_point(config: TrainConfig, shards: TokenShards | ShardMix, run: Path) 
         model = ckpt.model.float().train()
         tokenizers = _with_tokenizers(config, ckpt.tokenizers, shards)
         if last is None:
-            return Start(model, tokenizers, TrainState(), source=f"init {folder}")
+            source = f"init {folder}"
+            if config.image_positions and model.args.image_positions is None:
+                model = with_image_positions(model, shards.vocab).train()
+                source += ", image row/column embeddings added"
+            return Start(model, tokenizers, TrainState(), source=source)
         state, optimizer = load_train_state(last)
         return Start(model, tokenizers, state, optimizer, source=f"resume {last}")
     torch.manual_seed(config.seed)
-    model = Transformer(model_args(config, shards.vocab.padded_size))
+    model = Transformer(model_args(config, shards.vocab))
     tokenizers = _with_tokenizers(config, TokenizerBundle(shards.vocab), shards)
     source = f"preset {config.model or 'tiny'}"
     if config.codebook_init:

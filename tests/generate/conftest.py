@@ -10,6 +10,7 @@ import torch.nn as nn
 
 from omnitok.model.checkpoint import save_checkpoint
 from omnitok.model.config import ModelArgs
+from omnitok.model.image_positions import image_positions_for
 from omnitok.model.transformer import Transformer
 from omnitok.tokenizers.bundle import TokenizerBundle
 from omnitok.tokenizers.vocab import Vocab
@@ -29,17 +30,32 @@ def tiny_bundle(text_tokenizer, *, image: bool = True, audio: bool = True,
     return bundle
 
 
-def tiny_checkpoint(folder, bundle: TokenizerBundle, max_seq_len: int = 256):
+def tiny_checkpoint(folder, bundle: TokenizerBundle, max_seq_len: int = 256,
+                    image_positions: bool = False):
+    """A random debug model; with `image_positions`, random row and column embeddings too."""
     torch.manual_seed(0)
+    layout = image_positions_for(bundle.vocab) if image_positions else None
     args = ModelArgs.from_name("debug", vocab_size=bundle.vocab.padded_size,
-                               max_seq_len=max_seq_len)
-    return save_checkpoint(folder, Transformer(args).eval(), bundle)
+                               max_seq_len=max_seq_len, image_positions=layout)
+    model = Transformer(args).eval()
+    if image_positions:
+        with torch.no_grad():
+            model.image_rows.weight[1:].normal_()
+            model.image_cols.weight[1:].normal_()
+    return save_checkpoint(folder, model, bundle)
 
 
 @pytest.fixture(scope="session")
 def any_ckpt(tmp_path_factory, text_tokenizer):
     """Text, image and audio (flatten order) in one checkpoint."""
     return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "any", tiny_bundle(text_tokenizer))
+
+
+@pytest.fixture(scope="session")
+def grid_ckpt(tmp_path_factory, text_tokenizer):
+    """Like any_ckpt, with 2-D image positions (row and column embeddings)."""
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "grid", tiny_bundle(text_tokenizer),
+                           image_positions=True)
 
 
 @pytest.fixture(scope="session")
@@ -75,6 +91,7 @@ class RandomLogits(nn.Module):
     def clear_cache(self) -> None:
         self.rows = 0
 
-    def forward(self, idx: torch.Tensor, input_pos=None, kv_len=None) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, input_pos=None, kv_len=None,
+                image_pos=None) -> torch.Tensor:
         assert idx.shape[0] == self.rows
         return 4 * torch.randn(*idx.shape, self.args.vocab_size, generator=self.g)

@@ -23,9 +23,11 @@ def docs(texts):
     return [Document([TextSegment(t)]) for t in texts]
 
 
-def full_recompute_greedy(gen: Generator, prompt: list[int], answer: list[int]) -> list[int]:
-    """Greedy continuation by re-running the whole sequence each step, under the same masks."""
-    grammar = gen.grammar(GenerationSettings(target="text"))
+def full_recompute_greedy(gen: Generator, prompt: list[int], answer: list[int],
+                          target: str = "text") -> list[int]:
+    """Greedy continuation by re-running the whole sequence each step, under the same masks
+    (`prompt` ends with the target's opening ids)."""
+    grammar = gen.grammar(GenerationSettings(target=target))
     state, _ = grammar.start(len(answer))
     seq, out = list(prompt), []
     with torch.no_grad():
@@ -44,6 +46,21 @@ def test_greedy_matches_full_recompute(gen):
     [answer] = gen.generate(docs(PROMPTS[:1]), settings)
     generated = answer.ids + ([gen.vocab.special("<eos>")] if len(answer.ids) < 20 else [])
     assert generated == full_recompute_greedy(gen, answer.prompt_ids, generated)
+
+
+def test_greedy_image_with_2d_positions_matches_full_recompute(grid_ckpt):
+    """Decode steps feed each code's (row, column) from the grammar; the full forward finds
+    them in the ids: both must agree, inside the prompt's image and the generated one."""
+    gen = Generator(load_checkpoint(grid_ckpt))
+    h, w = gen.image_grid()
+    codes = torch.arange(h * w).reshape(h, w) % 7
+    prompt = [Document([TextSegment("a red circle"), ImageSegment(codes), TextSegment("star")])]
+    settings = GenerationSettings(target="image", greedy=True, batch_size=2)
+    answers = gen.generate(prompt * 2, settings)
+    generated = answers[0].ids[1:]  # grid(h) grid(w) codes <eoi>, after the opening <boi>
+    assert len(generated) == h * w + 3
+    assert generated == full_recompute_greedy(gen, answers[0].prompt_ids, generated, "image")
+    assert answers[0].ids == answers[1].ids
 
 
 @pytest.mark.parametrize("target", ["text", "image", "audio", "auto"])

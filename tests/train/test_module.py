@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from omnitok.model.config import ModelArgs
+from omnitok.model.image_positions import image_positions_for
 from omnitok.model.loss import IGNORE, token_losses
 from omnitok.model.transformer import Transformer
 from omnitok.tokenizers.vocab import AudioSpec, Vocab
@@ -115,6 +116,18 @@ def test_frozen_weights_do_not_change(names):
         assert not all(torch.equal(after[k], before[k]) for k in backbone)
     if names == ["backbone"]:
         assert all(not torch.equal(after[k], before[k]) for k in rows)
+
+
+@pytest.mark.parametrize("names,trains", [(["embeddings"], False), (["text"], True),
+                                          (["backbone"], True)])
+def test_image_position_embeddings_freeze_with_the_embeddings(names, trains):
+    args = ModelArgs.from_name("debug", vocab_size=VOCAB.padded_size,
+                               image_positions=image_positions_for(VOCAB))
+    net = Transformer(args)
+    masks = freeze(net, VOCAB, names)
+    assert net.image_rows.weight.requires_grad is trains
+    assert net.image_cols.weight.requires_grad is trains
+    assert not set(masks) & {"image_rows.weight", "image_cols.weight"}
 
 
 def test_freeze_errors():

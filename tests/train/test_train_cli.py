@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from omnitok.cli import main
 from omnitok.model.checkpoint import load_checkpoint, save_checkpoint
 from omnitok.model.config import ModelArgs
+from omnitok.model.image_positions import image_positions_for
 from omnitok.model.transformer import Transformer
 from omnitok.tokenizers.bundle import TokenizerBundle
 from omnitok.tokenizers.document import Document, ImageSegment
@@ -97,6 +98,27 @@ def test_init_and_freeze_text(train_data, baseline, tmp_path, train_argv):
             assert not torch.equal(a, b)
         else:
             assert torch.equal(a, b), name
+
+
+def test_image_positions_start_at_zero_and_train(train_data, baseline, tmp_path, train_argv,
+                                                 losses):
+    """--init adds row/column embeddings at zero: the first step's loss is the plain init's;
+    then they train. A fresh model gets the shards' layout."""
+    runs = {}
+    for name, extra in (("plain", ()), ("grid", ("--image-positions",))):
+        runs[name] = tmp_path / name
+        assert main(train_argv(train_data, runs[name], "--init", str(baseline / "last"),
+                               *extra, steps=3)) == 0
+    plain, grid = losses(runs["plain"]), losses(runs["grid"])
+    assert plain[1] == grid[1] and plain[3] != grid[3]
+    ckpt = load_checkpoint(runs["grid"] / "last")
+    assert ckpt.model.args.image_positions == image_positions_for(ckpt.vocab)
+    assert ckpt.model.image_rows.weight[1:].abs().sum() > 0
+    assert ckpt.model.image_rows.weight[0].eq(0).all()
+    fresh = tmp_path / "fresh"
+    assert main(train_argv(train_data, fresh, "--image-positions", steps=2)) == 0
+    assert load_checkpoint(fresh / "last").model.args.image_positions == \
+        image_positions_for(ckpt.vocab)
 
 
 def test_bf16_and_accumulation(train_data, tmp_path, train_argv):

@@ -1,0 +1,141 @@
+"""2-D image positions: rows and columns found in id streams (against the document parser),
+a zero start that leaves the model unchanged, cached decoding that equals the full forward,
+checkpoints that keep them, and the Llama export that refuses them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from omnitok import OmnitokError
+from omnitok.model.checkpoint import load_checkpoint, save_checkpoint
+from omnitok.model.config import ConfigError, ImagePositions, ModelArgs
+from omnitok.model.export_hf import hf_config_dict
+from omnitok.model.image_positions import grid_positions, image_positions_for
+from omnitok.model.transformer import Transformer
+from omnitok.tokenizers.bundle import TokenizerBundle
+from omnitok.tokenizers.document import DocumentCodec
+from omnitok.tokenizers.vocab import Modality, Vocab
+
+VOCAB = Vocab(text_size=40, image_size=32, max_grid=8)
+LAYOUT = image_positions_for(VOCAB)
+
+
+def stream(seed: int = 0) -> list[int]:
+    """Two documents with images of 2x3, 4x4 and 1x5 codes between bits of text."""
+    g = torch.Generator().manual_seed(seed)
+    v = VOCAB
+
+    def text(*local: int) -> list[int]:
+        return [v.to_global("text", i) for i in local]
+
+    def image(h: int, w: int) -> list[int]:
+        codes = torch.randint(0, 32, (h * w,), generator=g).tolist()
+        return ([v.special("<boi>"), v.grid(h), v.grid(w)]
+                + [v.to_global("image", c) for c in codes] + [v.special("<eoi>")])
+
+    bos, eos = [v.special("<bos>")], [v.special("<eos>")]
+    return (bos + text(3, 4) + image(2, 3) + text(5) + image(4, 4) + eos
+            + bos + image(1, 5) + text(6, 7, 8) + eos)
+
+
+def reference_positions(ids: list[int]) -> list[tuple[int, int]]:
+    """(row, column) from the document parser's image spans and each image's own shape."""
+    out = [(0, 0)] * len(ids)
+    codec = DocumentCodec(VOCAB)
+    start = 0
+    for end in [i + 1 for i, t in enumerate(ids) if t == VOCAB.special("<eos>")]:
+        doc_ids = ids[start:end]
+        for modality, s, e in codec.segment_spans(doc_ids):
+            if modality != Modality.IMAGE:
+                continue
+            w = VOCAB.grid_side(doc_ids[s + 2])
+            for k in range(e - s - 4):  # <boi> h w codes <eoi>
+                out[start + s + 3 + k] = (k // w + 1, k % w + 1)
+        start = end
+    return out
+
+
+def test_rows_and_columns_match_the_document_parser():
+    ids = stream()
+    got = grid_positions(torch.tensor([ids]), LAYOUT)[0].tolist()
+    assert [tuple(p) for p in got] == reference_positions(ids)
+    assert sum(r > 0 for r, _ in got) == 6 + 16 + 5
+
+
+def test_codes_without_their_header_get_no_position():
+    ids = stream()
+    boi = ids.index(VOCAB.special("<boi>"))
+    cut = torch.tensor([ids[boi + 2:]])  # the row starts after grid(h): header lost
+    pos = grid_positions(cut, LAYOUT)[0]
+    assert pos[:6].eq(0).all()  # the first image's codes are not located
+    assert pos.gt(0).any()  # the later images still are
+
+
+def layout_model(seed: int = 0, positions: bool = True) -> Transformer:
+    torch.manual_seed(seed)
+    args = ModelArgs.from_name("debug", vocab_size=VOCAB.padded_size,
+                               image_positions=LAYOUT if positions else None)
+    return Transformer(args).eval()
+
+
+def test_zero_start_is_the_model_without_them():
+    plain = layout_model(positions=False)
+    grown = layout_model(positions=True)
+    missing, _ = grown.load_state_dict(plain.state_dict(), strict=False)
+    assert set(missing) == {"image_rows.weight", "image_cols.weight"}
+    ids = torch.tensor([stream()])
+    with torch.no_grad():
+        torch.testing.assert_close(grown(ids), plain(ids), rtol=0, atol=0)
+        grown.image_rows.weight.normal_()
+        assert not torch.allclose(grown(ids), plain(ids))
+
+
+def test_cached_decoding_equals_the_full_forward():
+    model = layout_model()
+    with torch.no_grad():
+        model.image_rows.weight[1:].normal_()
+        model.image_cols.weight[1:].normal_()
+        ids = torch.tensor([stream(), stream(1)])
+        full = model(ids).double()
+        grid = grid_positions(ids, LAYOUT)
+        model.setup_cache(2, ids.shape[1])
+        n = 7  # prefill inside the first image, then one id at a time
+        out = [model(ids[:, :n], input_pos=torch.arange(n))]
+        for t in range(n, ids.shape[1]):
+            out.append(model(ids[:, t:t + 1], input_pos=torch.tensor([t]),
+                             image_pos=grid[:, t:t + 1]))
+        with pytest.raises(ValueError, match="needs image_pos"):
+            model(ids[:, -1:], input_pos=torch.tensor([ids.shape[1] - 1]))
+        model.clear_cache()
+    torch.testing.assert_close(torch.cat(out, dim=1).double(), full, rtol=1e-4, atol=1e-4)
+
+
+def test_gradients_reach_the_embeddings_but_not_the_blank_row():
+    model = layout_model().train()
+    model(torch.tensor([stream()])).logsumexp(-1).sum().backward()
+    for emb in (model.image_rows, model.image_cols):
+        assert emb.weight.grad[0].eq(0).all()
+        assert emb.weight.grad[1:5].abs().sum(dim=1).gt(0).all()
+
+
+def test_checkpoints_keep_them(tmp_path):
+    model = layout_model()
+    with torch.no_grad():
+        model.image_cols.weight[1:].normal_()
+    save_checkpoint(tmp_path / "ck", model, TokenizerBundle(VOCAB))
+    loaded = load_checkpoint(tmp_path / "ck").model
+    assert loaded.args.image_positions == LAYOUT
+    torch.testing.assert_close(loaded.image_cols.weight, model.image_cols.weight)
+    assert loaded.args.num_params() == sum(p.numel() for p in loaded.parameters())
+
+
+def test_bad_layouts_and_the_llama_export_are_refused():
+    with pytest.raises(ConfigError, match="beyond vocab_size"):
+        ModelArgs(vocab_size=16, image_positions=LAYOUT)
+    with pytest.raises(ConfigError, match="empty code range"):
+        ImagePositions(boi=1, grid_start=2, code_start=5, code_stop=5, max_side=4)
+    with pytest.raises(ValueError, match="no image range"):
+        image_positions_for(Vocab(text_size=40))
+    with pytest.raises(OmnitokError, match="2-D image positions"):
+        hf_config_dict(layout_model())
