@@ -68,6 +68,18 @@ class ImageTokenizerConfig:
         return int(math.log2(self.downsample)) if self.downsample >= 1 else 0
 
     @property
+    def receptive_field(self) -> int:
+        """Side in pixels of the image region one code's encoder output depends on (without
+        GroupNorm, whose statistics span the whole image): small means local codes, the same
+        code for the same patch wherever it lies."""
+        rf, jump = 3, 1  # conv_in
+        for level in range(self.n_down + 1):
+            rf += 4 * jump * self.n_res  # two 3x3 convs per block
+            if level < self.n_down:
+                rf, jump = rf + 2 * jump, jump * 2  # strided 3x3 conv
+        return rf + 4 * jump * self.n_mid
+
+    @property
     def grid(self) -> tuple[int, int]:
         """(h, w) of the code grid for a configured-size image."""
         side = self.image_size // self.downsample

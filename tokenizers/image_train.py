@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from rich.console import Console
@@ -32,6 +33,8 @@ from omnitok.tokenizers.image import (
     psnr,
 )
 from omnitok.tokenizers.image_io import decode_images, find_images
+
+Norm = Literal["group", "none"]
 
 WARMUP_STEPS = 50
 LOG_EVERY = 25
@@ -254,7 +257,8 @@ def evaluate_image_tokenizer(model: ImageTokenizer, images: Tensor, *, batch_siz
 def train_image_command(*, data: list[Path], out: Path, size: int = 64, downsample: int = 4,
                         codebook: int = 1024, minutes: float = 10.0, steps: int | None = None,
                         batch_size: int = 64, lr: float = 2e-3, seed: int = 0,
-                        threads: int | None = None) -> None:
+                        threads: int | None = None, res_blocks: int = 1, mid_blocks: int = 1,
+                        norm: Norm = "group") -> None:
     """Train the VQ image tokenizer on the images of a corpus and save it to a folder.
 
     Args:
@@ -272,9 +276,15 @@ def train_image_command(*, data: list[Path], out: Path, size: int = 64, downsamp
         lr: peak learning rate (AdamW; warm-up, then cosine to a tenth).
         seed: random seed for initialisation and batches.
         threads: torch CPU threads (default: torch's choice).
+        res_blocks: residual blocks per resolution level of the encoder (the decoder has one
+            more).
+        mid_blocks: residual blocks at the lowest resolution, in the encoder and the decoder.
+        norm: group (GroupNorm: every code depends on the whole image's statistics) or none
+            (codes depend on their neighbourhood only: see the printed receptive field).
     """
     console = Console(stderr=True)
-    config = ImageTokenizerConfig(image_size=size, downsample=downsample, codebook_size=codebook)
+    config = ImageTokenizerConfig(image_size=size, downsample=downsample, codebook_size=codebook,
+                                  n_res=res_blocks, n_mid=mid_blocks, norm=norm)
     paths, stats = find_images(data)
     images, failed = decode_images(paths, size)
     console.print(f"{len(paths):,} images from {stats.summary()}; {len(failed)} unreadable"
@@ -289,4 +299,6 @@ def train_image_command(*, data: list[Path], out: Path, size: int = 64, downsamp
     model.save(out)
     print(f"{out}: PSNR {final['psnr']:.2f} dB on {final['images']:,} training images, "
           f"{final['used']}/{codebook} codes used (perplexity {final['perplexity']:.0f}), "
-          f"{stats.steps} steps in {stats.seconds / 60:.1f} min", file=sys.stdout)
+          f"{stats.steps} steps in {stats.seconds / 60:.1f} min; encoder receptive field "
+          f"{config.receptive_field} px{' and GroupNorm' if norm == 'group' else ''}",
+          file=sys.stdout)

@@ -85,6 +85,25 @@ def test_encode_decode_shapes_and_range(ds, hw):
     assert 0 <= float(y.min()) and float(y.max()) <= 1
 
 
+@pytest.mark.parametrize("ds,n_res,n_mid", [(4, 0, 0), (4, 1, 1), (8, 1, 0), (2, 2, 1)])
+def test_receptive_field_is_the_region_a_code_depends_on(ds, n_res, n_mid):
+    """Measured: the input pixels with a non-zero gradient of the centre code's latent."""
+    cfg = tiny(image_size=128, downsample=ds, n_res=n_res, n_mid=n_mid, norm="none")
+    encoder = ImageTokenizer(cfg).encoder.double()
+    torch.manual_seed(0)
+    for module in encoder.modules():  # generic weights (residual branches start at zero)
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.normal_(module.weight, std=0.5)
+    x = torch.rand(1, 3, 128, 128, dtype=torch.float64, requires_grad=True)
+    z = encoder(x)
+    c = z.shape[-1] // 2
+    z[0, :, c, c].square().sum().backward()
+    cols = x.grad[0].abs().sum(dim=(0, 1)).nonzero().flatten()
+    rows = x.grad[0].abs().sum(dim=(0, 2)).nonzero().flatten()
+    assert cols.max() - cols.min() + 1 == cfg.receptive_field
+    assert rows.max() - rows.min() + 1 == cfg.receptive_field
+
+
 def test_encode_refuses_bad_images():
     model = ImageTokenizer(tiny())
     for bad in (torch.rand(1, 3, 18, 16), torch.rand(1, 1, 16, 16), torch.rand(3, 16, 16),
@@ -369,9 +388,12 @@ def test_train_image_command_end_to_end(tmp_path, capsys):
     root = _corpus(tmp_path)
     rc = main(["tokenizer", "train", "image", "--data", str(root / "m.jsonl"), "--out",
                str(tmp_path / "tok"), "--size", "16", "--codebook", "16", "--steps", "2",
-               "--batch-size", "2", "--threads", "1"])
+               "--batch-size", "2", "--threads", "1", "--res-blocks", "0", "--mid-blocks", "0",
+               "--norm", "none"])
     out, err = capsys.readouterr()
     assert rc == 0 and "PSNR" in out and "5 skipped" in err and "0 unreadable" in err
+    assert "receptive field 9 px" in out
     model = ImageTokenizer.load(tmp_path / "tok")
     assert model.config.image_size == 16 and model.config.codebook_size == 16
+    assert (model.config.n_res, model.config.n_mid, model.config.norm) == (0, 0, "none")
     assert "Args:" in train_image_command.__doc__
