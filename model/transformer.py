@@ -19,6 +19,8 @@ from omnitok.model.config import ModelArgs, RopeScaling
 from omnitok.model.image_positions import grid_positions
 from omnitok.model.kv_cache import KVCache
 
+IMAGE_POSITION_WEIGHTS = ("image_rows.weight", "image_cols.weight")  # with args.image_positions
+
 
 class Linear(nn.Linear):
     """nn.Linear (no bias) that multiplies by a oneDNN-packed copy of its weight after

@@ -18,12 +18,11 @@ from __future__ import annotations
 import torch
 
 from omnitok import OmnitokError
-from omnitok.model.transformer import Transformer
+from omnitok.model.transformer import IMAGE_POSITION_WEIGHTS, Transformer
 from omnitok.tokenizers.vocab import Vocab
 
 FREEZE_CHOICES = ("backbone", "embeddings", "text")
 ROW_PARAMS = ("tok_embeddings.weight", "output.weight")
-IMAGE_POSITION_PARAMS = ("image_rows.weight", "image_cols.weight")
 
 
 class FreezeError(OmnitokError, ValueError):
@@ -42,7 +41,7 @@ def freeze(model: Transformer, vocab: Vocab, names: list[str] | tuple[str, ...]
     if "backbone" in names or "text" in names:
         fixed |= {n for n, _ in model.named_parameters() if n.startswith(("layers.", "norm."))}
     if "embeddings" in names:
-        fixed |= set(ROW_PARAMS) | set(IMAGE_POSITION_PARAMS)
+        fixed |= set(ROW_PARAMS) | set(IMAGE_POSITION_WEIGHTS)
     masks = {}
     if "text" in names:
         text = vocab.range("text")

@@ -20,7 +20,7 @@ from omnitok import OmnitokError, native_bf16
 from omnitok.model.checkpoint import load_checkpoint
 from omnitok.model.config import ImagePositions, ModelArgs
 from omnitok.model.image_positions import image_positions_for
-from omnitok.model.transformer import Transformer
+from omnitok.model.transformer import IMAGE_POSITION_WEIGHTS, Transformer
 from omnitok.tokenizers.bundle import TokenizerBundle
 from omnitok.tokenizers.vocab import Vocab
 from omnitok.train.callbacks import CURVES
@@ -110,7 +110,7 @@ def with_image_positions(model: Transformer, vocab: Vocab) -> Transformer:
     args = model.args.replace(image_positions=image_layout(vocab))
     grown = Transformer(args, attn_backend=model.attn_backend)
     missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
-    assert not unexpected and set(missing) == {"image_rows.weight", "image_cols.weight"}
+    assert not unexpected and set(missing) == set(IMAGE_POSITION_WEIGHTS)
     return grown
 
 
