@@ -46,6 +46,7 @@ class EvalSettings:
     max_text_tokens: int = 32
     max_audio_seconds: float = 6.0
     seed: int = 0
+    shuffle_image_codes: bool = False
 
 
 @dataclass
@@ -83,11 +84,27 @@ def prepare(gen: Generator, direction: str, items: list[EvalItem],
     """Encode the prompts and check that each fits the model, before any generation."""
     gs = generation_settings(items[0].kind, settings)
     docs = [gen.tokenizers.document(list(it.prompt)) for it in items]
+    if settings.shuffle_image_codes:
+        docs = [shuffled_image_codes(doc, settings.seed + it.line) for doc, it in zip(docs, items)]
     try:
         gen.requests(docs, gs, gen.grammar(gs))
     except OmnitokError as e:
         raise OmnitokError(f"{direction}: {e}") from None
     return Prepared(direction, items, docs, gs)
+
+
+def shuffled_image_codes(doc: Document, seed: int) -> Document:
+    """`doc` with the codes of each image segment in a random order (the same multiset of codes
+    on the same grid): what a model that reads images as a bag of codes cannot tell apart."""
+    g = torch.Generator().manual_seed(seed)
+    segments = []
+    for seg in doc.segments:
+        if isinstance(seg, ImageSegment):
+            flat = seg.codes.reshape(-1)
+            order = torch.randperm(flat.numel(), generator=g)
+            seg = ImageSegment(flat[order].reshape(seg.codes.shape))
+        segments.append(seg)
+    return Document(segments)
 
 
 def generate(gen: Generator, docs: list[Document], settings: GenerationSettings,

@@ -46,6 +46,7 @@ def eval_command(
     greedy: bool = False, sampling: ModalitySampling = EVAL_SAMPLING, cfg_scale: float = 1.0,
     max_text_tokens: int = 32, max_audio_seconds: float = 6.0, seed: int = 0,
     sheet: int = 64, dtype: DType = "auto", device: str = "cpu", quiet: bool = False,
+    shuffle_image_codes: bool = False,
 ) -> None:
     """Score a checkpoint on held-out prompts in every direction with independent judges.
 
@@ -72,10 +73,13 @@ def eval_command(
         dtype: weight dtype; auto = bfloat16 where the device supports it.
         device: cpu or cuda.
         quiet: no progress bar.
+        shuffle_image_codes: put the codes of every prompt image in a random order (seeded per
+            line) before generating: how much the answers depend on where each code is, beyond
+            which codes the image holds (a layout probe; the judges' baselines are unchanged).
     """
     start = time.perf_counter()
     settings = EvalSettings(batch_size, greedy, sampling, cfg_scale,
-                            max_text_tokens, max_audio_seconds, seed)
+                            max_text_tokens, max_audio_seconds, seed, shuffle_image_codes)
     _check(settings)
     groups = choose_directions(by_direction(read_heldout(data, limit)), directions)
     checkpoint = _load(ckpt, dtype, device)
@@ -97,7 +101,10 @@ def eval_command(
 def print_report(report: dict, out: Path) -> None:
     """The table and any judge warnings on stdout; where the files went on stderr."""
     n = sum(c["lines"] for c in report["counts"].values())
-    print(f"{report['checkpoint']} on {report['data']}: {n} held-out lines, {report['dtype']}")
+    shuffled = report["settings"].get("shuffle_image_codes")
+    shuffled = ", prompt image codes shuffled" if shuffled else ""
+    print(f"{report['checkpoint']} on {report['data']}: {n} held-out lines, {report['dtype']}"
+          f"{shuffled}")
     print(format_table(report["scores"], report["baselines"]))
     for line in report["warnings"]:
         print(line)  # beside the table, wherever it goes

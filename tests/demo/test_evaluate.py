@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from omnitok import OmnitokError
@@ -35,11 +36,13 @@ from omnitok.demo.eval_metrics import (
     wer,
     word_errors,
 )
+from omnitok.demo.eval_run import EvalSettings, prepare, shuffled_image_codes
 from omnitok.demo.evaluate import eval_command
 from omnitok.demo.world import COLOURS, DIRECTIONS, build_world
 from omnitok.model.checkpoint import save_checkpoint
 from omnitok.model.config import ModelArgs
 from omnitok.model.transformer import Transformer
+from omnitok.tokenizers.document import AudioSegment, Document, ImageSegment, TextSegment
 
 from ..conftest import tiny_media_bundle
 
@@ -282,3 +285,37 @@ def test_cli_bad_input_is_one_line(world, ckpt, tmp_path, capsys):
         code = main(argv)
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 1 and len(err) == 1 and needle in err[0], (argv, err)
+
+
+# ---- layout probe ---------------------------------------------------------------------------
+def test_shuffled_image_codes_permute_each_image_and_nothing_else():
+    audio = AudioSegment(torch.arange(12).reshape(2, 6))
+    image = ImageSegment(torch.arange(20).reshape(4, 5))
+    doc = Document([TextSegment("write:"), image, audio, ImageSegment(image.codes + 20)])
+    a, b = shuffled_image_codes(doc, 3), shuffled_image_codes(doc, 3)
+    assert a.segments == b.segments  # seeded
+    assert shuffled_image_codes(doc, 4).segments != a.segments
+    assert a.segments[0] == doc.segments[0] and a.segments[2] == audio
+    for new, old in ((a.segments[1], image), (a.segments[3], doc.segments[3])):
+        assert new.codes.shape == old.codes.shape and not torch.equal(new.codes, old.codes)
+        assert sorted(new.codes.reshape(-1).tolist()) == sorted(old.codes.reshape(-1).tolist())
+
+
+def test_eval_shuffles_prompt_images_only_when_asked(world, ckpt, tmp_path, capsys):
+    from omnitok.generate.generator import Generator
+    from omnitok.model.checkpoint import load_checkpoint
+
+    gen = Generator(load_checkpoint(ckpt))
+    items = by_direction(read_heldout(world / "heldout.jsonl"))["image->text"]
+    plain = prepare(gen, "image->text", items, EvalSettings())
+    probe = prepare(gen, "image->text", items, EvalSettings(shuffle_image_codes=True))
+    for p, q, it in zip(plain.docs, probe.docs, items):
+        assert p.segments == gen.tokenizers.document(list(it.prompt)).segments
+        (ip,), (iq,) = ([s for s in d.segments if isinstance(s, ImageSegment)] for d in (p, q))
+        assert not torch.equal(ip.codes, iq.codes)
+        assert torch.equal(ip.codes.reshape(-1).sort().values, iq.codes.reshape(-1).sort().values)
+    main(["eval", str(ckpt), "--data", str(world / "heldout.jsonl"), "--out", str(tmp_path),
+          "--directions", "image->text", "--max-text-tokens", "4", "--shuffle-image-codes",
+          "--quiet"])
+    assert "prompt image codes shuffled" in capsys.readouterr().out
+    assert json.loads((tmp_path / "eval.json").read_text())["settings"]["shuffle_image_codes"]
