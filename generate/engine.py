@@ -18,6 +18,7 @@ import torch
 from omnitok import OmnitokError
 from omnitok.generate.grammar import Grammar, RowState
 from omnitok.generate.sampling import ModalitySampling, SamplingParams, sample_rows
+from omnitok.model.config import NEIGHBOURS
 from omnitok.model.transformer import Transformer
 
 
@@ -62,8 +63,10 @@ def compiled_decode_step(model: Transformer):
     step = getattr(model, "_compiled_decode_step", None)
     if step is None:
         def decode(tokens: torch.Tensor, pos: torch.Tensor,
-                   image_pos: torch.Tensor | None = None) -> torch.Tensor:
-            return model(tokens, input_pos=pos, image_pos=image_pos)[:, -1]
+                   image_pos: torch.Tensor | None = None,
+                   neighbours: torch.Tensor | None = None) -> torch.Tensor:
+            return model(tokens, input_pos=pos, image_pos=image_pos,
+                         neighbours=neighbours)[:, -1]
 
         step = torch.compile(decode, dynamic=False)
         object.__setattr__(model, "_compiled_decode_step", step)
@@ -144,11 +147,11 @@ class Engine:
             going[live] = 1
             feed = torch.full((len(batch),), self.pad_id, dtype=torch.long, device=self.device)
             feed[live] = tokens
-            grid = self._grid_positions(requests, batch, live)
+            grid = self._image_inputs(requests, batch, live)
             if self.guidance is not None:
                 feed, going = torch.cat([feed, feed]), torch.cat([going, going])
-                grid = None if grid is None else torch.cat([grid, grid])
-            logits = self._forward(feed[:, None], pos[:, None], grid)
+                grid = tuple(None if g is None else torch.cat([g, g]) for g in grid)
+            logits = self._forward(feed[:, None], pos[:, None], *grid)
             pos = pos + going  # a finished row (kept for static shapes) stays where it is
 
     def _prefill(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,22 +167,29 @@ class Engine:
         logits = self.model(ids, input_pos=positions, kv_len=width)
         return logits[torch.arange(len(prompts)), lengths - 1], lengths
 
-    def _grid_positions(self, requests: Sequence[Request], batch: list[int],
-                        live: list[int]) -> torch.Tensor | None:
-        """(R, 1, 2) image (row, column) of the ids fed next, for a model that embeds them."""
-        if self.model.args.image_positions is None:
-            return None
-        rows = set(live)
-        grid = [self.grammar.grid_position(requests[i].state) if j in rows else (0, 0)
-                for j, i in enumerate(batch)]
-        return torch.tensor(grid, device=self.device)[:, None]
+    def _image_inputs(self, requests: Sequence[Request], batch: list[int], live: list[int]
+                      ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """For a model that embeds them, the ids fed next's image (row, column) (R, 1, 2)
+        and neighbours (R, 1, K); None for what it does not embed."""
+        args = self.model.args
+        if args.image_positions is None:
+            return None, None
+        rows, states = set(live), [requests[i].state for i in batch]
+        grid = [self.grammar.grid_position(s) if j in rows else (0, 0)
+                for j, s in enumerate(states)]
+        grid = torch.tensor(grid, device=self.device)[:, None]
+        if not args.image_neighbours:
+            return grid, None
+        near = [self.grammar.grid_neighbours(s) if j in rows else [-1] * len(NEIGHBOURS)
+                for j, s in enumerate(states)]
+        return grid, torch.tensor(near, device=self.device)[:, None]
 
-    def _forward(self, tokens: torch.Tensor, pos: torch.Tensor,
-                 image_pos: torch.Tensor | None) -> torch.Tensor:
+    def _forward(self, tokens: torch.Tensor, pos: torch.Tensor, image_pos: torch.Tensor | None,
+                 neighbours: torch.Tensor | None) -> torch.Tensor:
         if self.compiled is not None:  # static shapes: the whole cache, every row
-            return self.compiled(tokens, pos, image_pos)
+            return self.compiled(tokens, pos, image_pos, neighbours)
         return self.model(tokens, input_pos=pos, kv_len=int(pos.max()) + 1,
-                          image_pos=image_pos)[:, -1]
+                          image_pos=image_pos, neighbours=neighbours)[:, -1]
 
     def _step(self, requests: Sequence[Request], alive: list[int], logits: torch.Tensor,
               seen: torch.Tensor, generators: list[torch.Generator | None]

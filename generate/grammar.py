@@ -21,6 +21,8 @@ from enum import Enum
 import torch
 
 from omnitok import OmnitokError
+from omnitok.model.config import NEIGHBOURS
+from omnitok.model.image_positions import neighbours_in_image
 from omnitok.tokenizers.vocab import Modality, Vocab
 
 TARGETS = ("text", "image", "audio", "auto")
@@ -246,6 +248,16 @@ class Grammar:
         h, w = state.grid
         k = h * w - state.image_left - 1  # the code just taken; -1 right after the header
         return (k // w + 1, k % w + 1) if k >= 0 else (0, 0)
+
+    def grid_neighbours(self, state: RowState) -> list[int]:
+        """The ids at each `NEIGHBOURS` offset from the last id `state` advanced past when that
+        id is an image code, -1 where none: what `model.image_positions.grid_neighbours`
+        finds."""
+        if state.phase not in (Phase.IMAGE, Phase.IMAGE_END):
+            return [-1] * len(NEIGHBOURS)
+        h, w = state.grid
+        taken = h * w - state.image_left
+        return neighbours_in_image(state.history[len(state.history) - taken:], w)
 
     def _transition(self, state: RowState, token: int) -> None:
         ids, phase = self.ids, state.phase

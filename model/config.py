@@ -22,6 +22,11 @@ class RopeScaling:
     original_max_seq_len: int = 8192
 
 
+# (row, column) offsets of the neighbours whose embeddings an image code's input takes with
+# `ModelArgs.image_neighbours` (model/image_positions.py): all earlier in raster order
+NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (-1, 2), (0, -1))
+
+
 @dataclass
 class ImagePositions:
     """Learned row and column embeddings added to the input of every image code.
@@ -64,6 +69,7 @@ class ModelArgs:
     z_loss: float = 0.0  # default weight of the z-loss (log Z)^2 term used by training
     init_std: float = 0.02
     image_positions: ImagePositions | None = None  # None: image codes get 1-D RoPE only
+    image_neighbours: bool = False  # add a map of each code's neighbours' embeddings
 
     def __post_init__(self) -> None:
         if isinstance(self.rope_scaling, dict):
@@ -92,6 +98,8 @@ class ModelArgs:
         if pos is not None and max(pos.boi, pos.grid_start + pos.max_side - 1,
                                    pos.code_stop - 1) >= self.vocab_size:
             raise ConfigError(f"image_positions: ids beyond vocab_size {self.vocab_size}")
+        if self.image_neighbours and pos is None:
+            raise ConfigError("image_neighbours needs image_positions (the layout of images)")
 
     @classmethod
     def from_name(cls, name: str, **overrides) -> ModelArgs:
@@ -125,6 +133,8 @@ class ModelArgs:
             n += self.vocab_size * self.dim * (1 if self.tie_embeddings else 2)
             if self.image_positions is not None:  # row and column tables
                 n += 2 * (self.image_positions.max_side + 1) * self.dim
+            if self.image_neighbours:  # one dim x dim map per neighbour
+                n += len(NEIGHBOURS) * self.dim * self.dim
         return n
 
 

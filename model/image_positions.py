@@ -4,13 +4,19 @@ RoPE gives every id one position in the stream, so the model sees an image as a 
 codes and has to learn that the code 12 places back is the one above (for a 12-wide grid).
 With `ModelArgs.image_positions` the model also adds a learned row and a learned column
 embedding to each image code; this module finds those rows and columns in an id stream.
+
+With `ModelArgs.image_neighbours` it also adds a learned map of the embeddings of each code's
+neighbours at `NEIGHBOURS` (row, column) offsets: the codes up-left, above, up-right and two
+to the right of above, and left. All come earlier in raster order, so the input stays causal
+and a code's input already holds a 3x4 patch of its image: a causal convolution of the grid
+before the first layer, where the transformer alone reads an image as a bag of codes.
 """
 
 from __future__ import annotations
 
 import torch
 
-from omnitok.model.config import ImagePositions
+from omnitok.model.config import NEIGHBOURS, ImagePositions
 from omnitok.tokenizers.vocab import Modality, Vocab
 
 
@@ -31,6 +37,36 @@ def grid_positions(ids: torch.Tensor, layout: ImagePositions) -> torch.Tensor:
     A code belongs to the last <boi> before it: `<boi> grid(h) grid(w) c_0 ... c_{h*w-1}`,
     and c_k sits at row k // w + 1, column k % w + 1.
     """
+    return _grid(ids, layout)[0]
+
+
+def grid_neighbours(ids: torch.Tensor, layout: ImagePositions) -> torch.Tensor:
+    """(B, T, len(NEIGHBOURS)) int64: the id at each offset of `NEIGHBOURS` from every image
+    code located by `grid_positions`, -1 where that cell is off the grid or the id is not a
+    located code."""
+    pos, w = _grid(ids, layout)
+    t = ids.shape[1]
+    idx = torch.arange(t, device=ids.device)
+    rows, cols = pos[..., 0], pos[..., 1]
+    out = []
+    for dr, dc in NEIGHBOURS:
+        ok = (rows > 0) & (rows + dr >= 1) & (cols + dc >= 1) & (cols + dc <= w)
+        at = (idx + dr * w + dc).clamp(0, t - 1)
+        out.append(torch.where(ok, ids.gather(1, at), -1))
+    return torch.stack(out, dim=-1)
+
+
+def neighbours_in_image(codes: list[int], w: int) -> list[int]:
+    """`grid_neighbours` of the last of `codes`, an image's codes so far in raster order with
+    w per row (what a decode step feeds): one id per offset, -1 off the grid."""
+    k = len(codes) - 1
+    r, c = divmod(k, w)
+    return [codes[k + dr * w + dc] if k >= 0 and r + dr >= 0 and 0 <= c + dc < w else -1
+            for dr, dc in NEIGHBOURS]
+
+
+def _grid(ids: torch.Tensor, layout: ImagePositions) -> tuple[torch.Tensor, torch.Tensor]:
+    """grid_positions (B, T, 2) and the grid width of each id's image (B, T)."""
     b, t = ids.shape
     idx = torch.arange(t, device=ids.device).expand(b, t)
     boi = torch.where(ids == layout.boi, idx, torch.full_like(idx, -1)).cummax(dim=1).values
@@ -44,4 +80,4 @@ def grid_positions(ids: torch.Tensor, layout: ImagePositions) -> torch.Tensor:
     k = k.clamp(min=0)
     rows = torch.where(code, k // w + 1, 0)
     cols = torch.where(code, k % w + 1, 0)
-    return torch.stack([rows, cols], dim=-1)
+    return torch.stack([rows, cols], dim=-1), w

@@ -15,11 +15,12 @@ import torch.nn.functional as F
 
 from omnitok import kernels
 from omnitok.kernels import packed_linear
-from omnitok.model.config import ModelArgs, RopeScaling
-from omnitok.model.image_positions import grid_positions
+from omnitok.model.config import NEIGHBOURS, ModelArgs, RopeScaling
+from omnitok.model.image_positions import grid_neighbours, grid_positions
 from omnitok.model.kv_cache import KVCache
 
 IMAGE_POSITION_WEIGHTS = ("image_rows.weight", "image_cols.weight")  # with args.image_positions
+IMAGE_NEIGHBOUR_WEIGHTS = ("image_neighbours.weight",)  # with args.image_neighbours
 
 
 class Linear(nn.Linear):
@@ -145,6 +146,9 @@ class Transformer(nn.Module):
             side = args.image_positions.max_side + 1
             self.image_rows = nn.Embedding(side, args.dim, padding_idx=0)
             self.image_cols = nn.Embedding(side, args.dim, padding_idx=0)
+        self.image_neighbours = None
+        if args.image_neighbours:  # neighbours' embeddings side by side -> dim
+            self.image_neighbours = Linear(len(NEIGHBOURS) * args.dim, args.dim)
         self.layers = nn.ModuleList(Block(args) for _ in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.output = Linear(args.dim, args.vocab_size)
@@ -158,6 +162,8 @@ class Transformer(nn.Module):
         if self.image_rows is not None:  # start as a model without them
             nn.init.zeros_(self.image_rows.weight)
             nn.init.zeros_(self.image_cols.weight)
+        if self.image_neighbours is not None:
+            nn.init.zeros_(self.image_neighbours.weight)
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -218,7 +224,8 @@ class Transformer(nn.Module):
     # ---- forward -------------------------------------------------------------------------
     def forward(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None,
                 doc_ids: torch.Tensor | None = None, kv_len: int | None = None,
-                image_pos: torch.Tensor | None = None) -> torch.Tensor:
+                image_pos: torch.Tensor | None = None,
+                neighbours: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, T, vocab_size) for token ids idx (B, T).
 
         input_pos: (B, T) or (T,) absolute positions, required with a KV cache (the new keys
@@ -230,6 +237,8 @@ class Transformer(nn.Module):
         image_pos: (B, T, 2) 1-based (row, column) of each image code, 0 elsewhere (with
                    `args.image_positions`). None: found in idx, which must then hold whole
                    sequences from their start (required for decode steps with a KV cache).
+        neighbours: (B, T, len(NEIGHBOURS)) ids of each image code's neighbours, -1 where none
+                   (with `args.image_neighbours`); None: found in idx, as image_pos.
         """
         b, t = idx.shape
         if self.has_cache and input_pos is None:
@@ -242,19 +251,32 @@ class Transformer(nn.Module):
             self.tok_embeddings.weight.dtype)
         x = self.tok_embeddings(idx)
         if self.image_rows is not None:
-            x = x + self._image_embeddings(idx, input_pos, image_pos)
+            x = x + self._image_embeddings(idx, input_pos, image_pos, neighbours)
         for layer in self.layers:
             x = layer(x, cos, sin, doc_ids, pos if input_pos is not None else None,
                       self.attn_backend, kv_len)
         return self.output(self.norm(x, self.attn_backend))
 
     def _image_embeddings(self, idx: torch.Tensor, input_pos: torch.Tensor | None,
-                          image_pos: torch.Tensor | None) -> torch.Tensor:
+                          image_pos: torch.Tensor | None,
+                          neighbours: torch.Tensor | None) -> torch.Tensor:
+        whole = input_pos is None or int(input_pos.min()) == 0  # idx locates its own images
+        layout = self.args.image_positions
         if image_pos is None:
-            if input_pos is not None and int(input_pos.min()) > 0:
+            if not whole:
                 raise ValueError("a decode step of a model with image positions needs image_pos")
-            image_pos = grid_positions(idx, self.args.image_positions)
-        return self.image_rows(image_pos[..., 0]) + self.image_cols(image_pos[..., 1])
+            image_pos = grid_positions(idx, layout)
+        out = self.image_rows(image_pos[..., 0]) + self.image_cols(image_pos[..., 1])
+        if self.image_neighbours is None:
+            return out
+        if neighbours is None:
+            if not whole:
+                raise ValueError("a decode step of a model with image neighbours needs "
+                                 "neighbours")
+            neighbours = grid_neighbours(idx, layout)
+        found = (neighbours >= 0).unsqueeze(-1).to(out.dtype)
+        emb = self.tok_embeddings(neighbours.clamp(min=0)) * found  # (B, T, K, dim)
+        return out + self.image_neighbours(emb.flatten(-2))
 
     def _positions(self, b: int, t: int, input_pos: torch.Tensor | None,
                    doc_ids: torch.Tensor | None, device: torch.device) -> torch.Tensor:

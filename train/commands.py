@@ -48,7 +48,7 @@ def train_command(*, data: Path, out: Path, mix: list[str] | None = None,
                   z_loss: float | None = None, precision: Precision = "32",
                   compile: bool = False, activation_checkpointing: bool = False,
                   freeze: list[Freeze] | None = None, codebook_init: bool = False,
-                  image_positions: bool = False,
+                  image_positions: bool = False, image_neighbours: bool = False,
                   condition_dropout: float = 0.0,
                   modality_dropout: float = 0.0, text_weight: float = 1.0,
                   image_weight: float = 1.0, audio_weight: float = 1.0,
@@ -98,6 +98,9 @@ def train_command(*, data: Path, out: Path, mix: list[str] | None = None,
             tokenizers' codebooks (needs --tokenizer; not with --init).
         image_positions: give the model learned row and column embeddings of image codes
             (2-D positions beside the 1-D RoPE); with --init they are added, starting at zero.
+        image_neighbours: also add to each image code's input a learned map of its
+            neighbours' embeddings (up-left, up, up-right, two right of up, left: a causal
+            convolution of the grid); implies --image-positions; with --init it starts at zero.
         condition_dropout: probability of replacing a document's conditioning segments by
             <uncond> (classifier-free guidance).
         modality_dropout: probability of dropping each non-target segment.
@@ -138,7 +141,8 @@ def train_command(*, data: Path, out: Path, mix: list[str] | None = None,
         warmup_steps=warmup_steps, weight_decay=weight_decay, grad_clip=grad_clip,
         z_loss=z_loss, precision=precision, compile=compile,
         activation_checkpointing=activation_checkpointing, freeze=list(freeze or []),
-        codebook_init=codebook_init, image_positions=image_positions,
+        codebook_init=codebook_init, image_positions=image_positions or image_neighbours,
+        image_neighbours=image_neighbours,
         condition_dropout=condition_dropout, modality_dropout=modality_dropout,
         loss_weights=weights, audio_levels=list(audio_levels or []), seed=seed,
         checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,

@@ -21,8 +21,8 @@ WEIGHT_KEYS = ("text", "image", "audio", "special", "condition")  # LossWeights'
 # settings a resumed run must share with the run it continues
 RESUME_KEYS = ("mix", "seq_len", "batch_size", "accumulate", "seed", "condition_dropout",
                "modality_dropout", "dropout_kinds", "loss_weights", "audio_levels", "freeze",
-               "world_size", "window", "image_positions", "lr", "min_lr", "warmup_steps",
-               "weight_decay", "beta1", "beta2")
+               "world_size", "window", "image_positions", "image_neighbours", "lr", "min_lr",
+               "warmup_steps", "weight_decay", "beta1", "beta2")
 
 
 class TrainConfigError(OmnitokError, ValueError):
@@ -56,6 +56,7 @@ class TrainConfig:
     freeze: list[str] = field(default_factory=list)
     codebook_init: bool = False  # media embeddings of a fresh model from their codebooks
     image_positions: bool = False  # add row/column embeddings of image codes (2-D positions)
+    image_neighbours: bool = False  # add each image code's neighbours (implies image_positions)
     condition_dropout: float = 0.0
     modality_dropout: float = 0.0
     dropout_kinds: list[str] = field(default_factory=lambda: ["text", "image", "audio"])

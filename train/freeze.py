@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from omnitok import OmnitokError
-from omnitok.model.transformer import IMAGE_POSITION_WEIGHTS, Transformer
+from omnitok.model.transformer import IMAGE_NEIGHBOUR_WEIGHTS, IMAGE_POSITION_WEIGHTS, Transformer
 from omnitok.tokenizers.vocab import Vocab
 
 FREEZE_CHOICES = ("backbone", "embeddings", "text")
@@ -41,7 +41,7 @@ def freeze(model: Transformer, vocab: Vocab, names: list[str] | tuple[str, ...]
     if "backbone" in names or "text" in names:
         fixed |= {n for n, _ in model.named_parameters() if n.startswith(("layers.", "norm."))}
     if "embeddings" in names:
-        fixed |= set(ROW_PARAMS) | set(IMAGE_POSITION_WEIGHTS)
+        fixed |= set(ROW_PARAMS) | set(IMAGE_POSITION_WEIGHTS) | set(IMAGE_NEIGHBOUR_WEIGHTS)
     masks = {}
     if "text" in names:
         text = vocab.range("text")

@@ -20,7 +20,7 @@ from omnitok import OmnitokError, native_bf16
 from omnitok.model.checkpoint import load_checkpoint
 from omnitok.model.config import ImagePositions, ModelArgs
 from omnitok.model.image_positions import image_positions_for
-from omnitok.model.transformer import IMAGE_POSITION_WEIGHTS, Transformer
+from omnitok.model.transformer import IMAGE_NEIGHBOUR_WEIGHTS, IMAGE_POSITION_WEIGHTS, Transformer
 from omnitok.tokenizers.bundle import TokenizerBundle
 from omnitok.tokenizers.vocab import Vocab
 from omnitok.train.callbacks import CURVES
@@ -94,7 +94,7 @@ def model_args(config: TrainConfig, vocab: Vocab) -> ModelArgs:
     args = ModelArgs.from_name(config.model or "tiny", vocab_size=vocab.padded_size)
     layout = image_layout(vocab) if config.image_positions else None
     return args.replace(max_seq_len=max(args.max_seq_len, config.seq_len),
-                        image_positions=layout)
+                        image_positions=layout, image_neighbours=config.image_neighbours)
 
 
 def image_layout(vocab: Vocab) -> ImagePositions:
@@ -104,13 +104,15 @@ def image_layout(vocab: Vocab) -> ImagePositions:
         raise TrainError(f"--image-positions: {e}") from None
 
 
-def with_image_positions(model: Transformer, vocab: Vocab) -> Transformer:
-    """`model` with row and column embeddings of image codes added, at zero: the same
-    function until training moves them."""
-    args = model.args.replace(image_positions=image_layout(vocab))
+def with_image_inputs(model: Transformer, vocab: Vocab, neighbours: bool) -> Transformer:
+    """`model` with row and column embeddings of image codes (and with `neighbours`, the map
+    of their neighbours) added where it lacks them, at zero: the same function until
+    training moves them."""
+    args = model.args.replace(image_positions=model.args.image_positions or image_layout(vocab),
+                              image_neighbours=model.args.image_neighbours or neighbours)
     grown = Transformer(args, attn_backend=model.attn_backend)
     missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
-    assert not unexpected and set(missing) == set(IMAGE_POSITION_WEIGHTS)
+    assert not unexpected and set(missing) <= {*IMAGE_POSITION_WEIGHTS, *IMAGE_NEIGHBOUR_WEIGHTS}
     return grown
 
 
@@ -145,9 +147,12 @@ def start_point(config: TrainConfig, shards: TokenShards | ShardMix, run: Path) 
         tokenizers = _with_tokenizers(config, ckpt.tokenizers, shards)
         if last is None:
             source = f"init {folder}"
-            if config.image_positions and model.args.image_positions is None:
-                model = with_image_positions(model, shards.vocab).train()
-                source += ", image row/column embeddings added"
+            grow_positions = config.image_positions and model.args.image_positions is None
+            grow_neighbours = config.image_neighbours and not model.args.image_neighbours
+            if grow_positions or grow_neighbours:
+                model = with_image_inputs(model, shards.vocab, config.image_neighbours).train()
+                source += (", image row/column embeddings" if grow_positions else ", image") + (
+                    " and neighbours" if grow_neighbours else "") + " added"
             return Start(model, tokenizers, TrainState(), source=source)
         state, optimizer = load_train_state(last)
         return Start(model, tokenizers, state, optimizer, source=f"resume {last}")

@@ -31,17 +31,21 @@ def tiny_bundle(text_tokenizer, *, image: bool = True, audio: bool = True,
 
 
 def tiny_checkpoint(folder, bundle: TokenizerBundle, max_seq_len: int = 256,
-                    image_positions: bool = False):
-    """A random debug model; with `image_positions`, random row and column embeddings too."""
+                    image_positions: bool = False, image_neighbours: bool = False):
+    """A random debug model; with `image_positions`, random row and column embeddings too;
+    with `image_neighbours`, a random map of each code's neighbours as well."""
     torch.manual_seed(0)
     layout = image_positions_for(bundle.vocab) if image_positions else None
     args = ModelArgs.from_name("debug", vocab_size=bundle.vocab.padded_size,
-                               max_seq_len=max_seq_len, image_positions=layout)
+                               max_seq_len=max_seq_len, image_positions=layout,
+                               image_neighbours=image_neighbours)
     model = Transformer(args).eval()
     if image_positions:
         with torch.no_grad():
             model.image_rows.weight[1:].normal_()
             model.image_cols.weight[1:].normal_()
+            if image_neighbours:
+                model.image_neighbours.weight.normal_(std=0.05)
     return save_checkpoint(folder, model, bundle)
 
 
@@ -56,6 +60,13 @@ def grid_ckpt(tmp_path_factory, text_tokenizer):
     """Like any_ckpt, with 2-D image positions (row and column embeddings)."""
     return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "grid", tiny_bundle(text_tokenizer),
                            image_positions=True)
+
+
+@pytest.fixture(scope="session")
+def near_ckpt(tmp_path_factory, text_tokenizer):
+    """Like grid_ckpt, with each image code's neighbours embedded as well."""
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "near", tiny_bundle(text_tokenizer),
+                           image_positions=True, image_neighbours=True)
 
 
 @pytest.fixture(scope="session")
@@ -92,6 +103,6 @@ class RandomLogits(nn.Module):
         self.rows = 0
 
     def forward(self, idx: torch.Tensor, input_pos=None, kv_len=None,
-                image_pos=None) -> torch.Tensor:
+                image_pos=None, neighbours=None) -> torch.Tensor:
         assert idx.shape[0] == self.rows
         return 4 * torch.randn(*idx.shape, self.args.vocab_size, generator=self.g)

@@ -48,10 +48,12 @@ def test_greedy_matches_full_recompute(gen):
     assert generated == full_recompute_greedy(gen, answer.prompt_ids, generated)
 
 
-def test_greedy_image_with_2d_positions_matches_full_recompute(grid_ckpt):
-    """Decode steps feed each code's (row, column) from the grammar; the full forward finds
-    them in the ids: both must agree, inside the prompt's image and the generated one."""
-    gen = Generator(load_checkpoint(grid_ckpt))
+@pytest.mark.parametrize("ckpt", ["grid_ckpt", "near_ckpt"])
+def test_greedy_image_with_2d_positions_matches_full_recompute(ckpt, request):
+    """Decode steps feed each code's (row, column), and neighbours, from the grammar; the full
+    forward finds them in the ids: both must agree, inside the prompt's image and the
+    generated one."""
+    gen = Generator(load_checkpoint(request.getfixturevalue(ckpt)))
     h, w = gen.image_grid()
     codes = torch.arange(h * w).reshape(h, w) % 7
     prompt = [Document([TextSegment("a red circle"), ImageSegment(codes), TextSegment("star")])]
@@ -87,7 +89,9 @@ def test_seeds_reproduce_and_do_not_depend_on_the_batch(gen):
     assert [x.ids for x in a] != [x.ids for x in d]
 
 
-def test_guidance_combines_conditional_and_unconditional_logits(gen):
+@pytest.mark.parametrize("ckpt", ["any_ckpt", "near_ckpt"])
+def test_guidance_combines_conditional_and_unconditional_logits(ckpt, request):
+    gen = Generator(load_checkpoint(request.getfixturevalue(ckpt)))
     scale = 3.0
     settings = GenerationSettings(target="image", greedy=True, cfg_scale=scale)
     [answer] = gen.generate(docs(PROMPTS[:1]), settings)

@@ -1,6 +1,7 @@
-"""2-D image positions: rows and columns found in id streams (against the document parser),
-a zero start that leaves the model unchanged, cached decoding that equals the full forward,
-checkpoints that keep them, and the Llama export that refuses them."""
+"""2-D image positions and neighbours: rows, columns and neighbouring codes found in id
+streams (against the document parser), a zero start that leaves the model unchanged, cached
+decoding that equals the full forward, checkpoints that keep them, and the Llama export that
+refuses them."""
 
 from __future__ import annotations
 
@@ -9,9 +10,14 @@ import torch
 
 from omnitok import OmnitokError
 from omnitok.model.checkpoint import load_checkpoint, save_checkpoint
-from omnitok.model.config import ConfigError, ImagePositions, ModelArgs
+from omnitok.model.config import NEIGHBOURS, ConfigError, ImagePositions, ModelArgs
 from omnitok.model.export_hf import hf_config_dict
-from omnitok.model.image_positions import grid_positions, image_positions_for
+from omnitok.model.image_positions import (
+    grid_neighbours,
+    grid_positions,
+    image_positions_for,
+    neighbours_in_image,
+)
 from omnitok.model.transformer import Transformer
 from omnitok.tokenizers.bundle import TokenizerBundle
 from omnitok.tokenizers.document import DocumentCodec
@@ -63,6 +69,35 @@ def test_rows_and_columns_match_the_document_parser():
     assert sum(r > 0 for r, _ in got) == 6 + 16 + 5
 
 
+def reference_neighbours(ids: list[int]) -> list[list[int]]:
+    """Each code's neighbours, looked up by (image, row, column) in a table of the images."""
+    pos = reference_positions(ids)
+    image, cells = 0, {}
+    images = []
+    for i, t in enumerate(ids):
+        image += t == VOCAB.special("<boi>")
+        images.append(image)
+        if pos[i] != (0, 0):
+            cells[image, *pos[i]] = t
+    return [[cells.get((images[i], r + dr, c + dc), -1) if r else -1 for dr, dc in NEIGHBOURS]
+            for i, (r, c) in enumerate(pos)]
+
+
+def test_neighbours_match_the_document_parser():
+    ids = stream()
+    got = grid_neighbours(torch.tensor([ids]), LAYOUT)[0].tolist()
+    assert got == reference_neighbours(ids)
+    assert sum(n >= 0 for row in got for n in row) > 30
+    image = VOCAB.range("image")
+    for boi in [i for i, t in enumerate(ids) if t == VOCAB.special("<boi>")]:
+        w, codes = VOCAB.grid_side(ids[boi + 2]), []  # what decode steps feed, code by code
+        for i in range(boi + 3, len(ids)):
+            if not image.start <= ids[i] < image.stop:
+                break
+            codes.append(ids[i])
+            assert neighbours_in_image(codes, w) == got[i]
+
+
 def test_codes_without_their_header_get_no_position():
     ids = stream()
     boi = ids.index(VOCAB.special("<boi>"))
@@ -72,10 +107,12 @@ def test_codes_without_their_header_get_no_position():
     assert pos.gt(0).any()  # the later images still are
 
 
-def layout_model(seed: int = 0, positions: bool = True) -> Transformer:
+def layout_model(seed: int = 0, positions: bool = True, neighbours: bool = False
+                 ) -> Transformer:
     torch.manual_seed(seed)
     args = ModelArgs.from_name("debug", vocab_size=VOCAB.padded_size,
-                               image_positions=LAYOUT if positions else None)
+                               image_positions=LAYOUT if positions else None,
+                               image_neighbours=neighbours)
     return Transformer(args).eval()
 
 
@@ -91,22 +128,45 @@ def test_zero_start_is_the_model_without_them():
         assert not torch.allclose(grown(ids), plain(ids))
 
 
-def test_cached_decoding_equals_the_full_forward():
-    model = layout_model()
+def test_neighbours_start_at_zero():
+    plain = layout_model()
+    grown = layout_model(neighbours=True)
+    missing, _ = grown.load_state_dict(plain.state_dict(), strict=False)
+    assert missing == ["image_neighbours.weight"]
+    ids = torch.tensor([stream()])
+    with torch.no_grad():
+        torch.testing.assert_close(grown(ids), plain(ids), rtol=0, atol=0)
+        grown.image_neighbours.weight.normal_()
+        changed = (grown(ids) - plain(ids)).abs().amax(-1)[0]
+    first_code = ids[0].tolist().index(VOCAB.special("<boi>")) + 3
+    assert changed[:first_code + 1].eq(0).all()  # nothing before a code with a neighbour
+    assert changed[first_code + 1] > 0
+
+
+@pytest.mark.parametrize("neighbours", [False, True])
+def test_cached_decoding_equals_the_full_forward(neighbours):
+    model = layout_model(neighbours=neighbours)
     with torch.no_grad():
         model.image_rows.weight[1:].normal_()
         model.image_cols.weight[1:].normal_()
+        if neighbours:
+            model.image_neighbours.weight.normal_(std=0.1)
         ids = torch.tensor([stream(), stream(1)])
         full = model(ids).double()
-        grid = grid_positions(ids, LAYOUT)
+        grid, near = grid_positions(ids, LAYOUT), grid_neighbours(ids, LAYOUT)
         model.setup_cache(2, ids.shape[1])
         n = 7  # prefill inside the first image, then one id at a time
         out = [model(ids[:, :n], input_pos=torch.arange(n))]
         for t in range(n, ids.shape[1]):
             out.append(model(ids[:, t:t + 1], input_pos=torch.tensor([t]),
-                             image_pos=grid[:, t:t + 1]))
+                             image_pos=grid[:, t:t + 1],
+                             neighbours=near[:, t:t + 1] if neighbours else None))
         with pytest.raises(ValueError, match="needs image_pos"):
             model(ids[:, -1:], input_pos=torch.tensor([ids.shape[1] - 1]))
+        if neighbours:
+            with pytest.raises(ValueError, match="needs neighbours"):
+                model(ids[:, -1:], input_pos=torch.tensor([ids.shape[1] - 1]),
+                      image_pos=grid[:, -1:])
         model.clear_cache()
     torch.testing.assert_close(torch.cat(out, dim=1).double(), full, rtol=1e-4, atol=1e-4)
 
@@ -120,19 +180,23 @@ def test_gradients_reach_the_embeddings_but_not_the_blank_row():
 
 
 def test_checkpoints_keep_them(tmp_path):
-    model = layout_model()
+    model = layout_model(neighbours=True)
     with torch.no_grad():
         model.image_cols.weight[1:].normal_()
+        model.image_neighbours.weight.normal_()
     save_checkpoint(tmp_path / "ck", model, TokenizerBundle(VOCAB))
     loaded = load_checkpoint(tmp_path / "ck").model
-    assert loaded.args.image_positions == LAYOUT
+    assert loaded.args.image_positions == LAYOUT and loaded.args.image_neighbours
     torch.testing.assert_close(loaded.image_cols.weight, model.image_cols.weight)
+    torch.testing.assert_close(loaded.image_neighbours.weight, model.image_neighbours.weight)
     assert loaded.args.num_params() == sum(p.numel() for p in loaded.parameters())
 
 
 def test_bad_layouts_and_the_llama_export_are_refused():
     with pytest.raises(ConfigError, match="beyond vocab_size"):
         ModelArgs(vocab_size=16, image_positions=LAYOUT)
+    with pytest.raises(ConfigError, match="needs image_positions"):
+        ModelArgs(vocab_size=VOCAB.padded_size, image_neighbours=True)
     with pytest.raises(ConfigError, match="empty code range"):
         ImagePositions(boi=1, grid_start=2, code_start=5, code_stop=5, max_side=4)
     with pytest.raises(ValueError, match="no image range"):

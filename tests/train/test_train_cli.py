@@ -102,19 +102,24 @@ def test_init_and_freeze_text(train_data, baseline, tmp_path, train_argv):
 
 def test_image_positions_start_at_zero_and_train(train_data, baseline, tmp_path, train_argv,
                                                  losses):
-    """--init adds row/column embeddings at zero: the first step's loss is the plain init's;
-    then they train. A fresh model gets the shards' layout."""
+    """--init adds row/column embeddings (and the neighbours' map) at zero: the first step's
+    loss is the plain init's; then they train. A fresh model gets the shards' layout."""
     runs = {}
-    for name, extra in (("plain", ()), ("grid", ("--image-positions",))):
+    for name, extra in (("plain", ()), ("grid", ("--image-positions",)),
+                        ("near", ("--image-neighbours",))):
         runs[name] = tmp_path / name
         assert main(train_argv(train_data, runs[name], "--init", str(baseline / "last"),
                                *extra, steps=3)) == 0
-    plain, grid = losses(runs["plain"]), losses(runs["grid"])
-    assert plain[1] == grid[1] and plain[3] != grid[3]
+    plain, grid, near = losses(runs["plain"]), losses(runs["grid"]), losses(runs["near"])
+    assert plain[1] == grid[1] == near[1] and plain[3] != grid[3] != near[3]
     ckpt = load_checkpoint(runs["grid"] / "last")
     assert ckpt.model.args.image_positions == image_positions_for(ckpt.vocab)
+    assert not ckpt.model.args.image_neighbours
     assert ckpt.model.image_rows.weight[1:].abs().sum() > 0
     assert ckpt.model.image_rows.weight[0].eq(0).all()
+    near_ckpt = load_checkpoint(runs["near"] / "last").model
+    assert near_ckpt.args.image_neighbours and near_ckpt.args.image_positions is not None
+    assert near_ckpt.image_neighbours.weight.abs().sum() > 0
     fresh = tmp_path / "fresh"
     assert main(train_argv(train_data, fresh, "--image-positions", steps=2)) == 0
     assert load_checkpoint(fresh / "last").model.args.image_positions == \
