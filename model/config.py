@@ -22,8 +22,8 @@ class RopeScaling:
     original_max_seq_len: int = 8192
 
 
-# (row, column) offsets of the neighbours whose embeddings an image code's input takes with
-# `ModelArgs.image_neighbours` (model/image_positions.py): all earlier in raster order
+# (row, column) offsets of the neighbours whose codebook vectors an image code's input takes
+# with `ModelArgs.image_neighbours` (model/image_positions.py): all earlier in raster order
 NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (-1, 2), (0, -1))
 
 
@@ -51,6 +51,25 @@ class ImagePositions:
 
 
 @dataclass
+class ImageNeighbours:
+    """A local reader of the image grid: the image tokenizer's codebook vectors (`code_dim`
+    wide, a frozen copy in the model) of each code and of its `NEIGHBOURS`, side by side,
+    through a `hidden`-wide SiLU MLP, added to the code's input."""
+
+    code_dim: int
+    hidden: int = 256
+
+    def __post_init__(self) -> None:
+        if self.code_dim < 1 or self.hidden < 1:
+            raise ConfigError("image_neighbours: code_dim and hidden must be >= 1")
+
+    @property
+    def width(self) -> int:
+        """The MLP's input: the code and its neighbours."""
+        return (1 + len(NEIGHBOURS)) * self.code_dim
+
+
+@dataclass
 class ModelArgs:
     vocab_size: int = 512
     dim: int = 64
@@ -69,13 +88,15 @@ class ModelArgs:
     z_loss: float = 0.0  # default weight of the z-loss (log Z)^2 term used by training
     init_std: float = 0.02
     image_positions: ImagePositions | None = None  # None: image codes get 1-D RoPE only
-    image_neighbours: bool = False  # add a map of each code's neighbours' embeddings
+    image_neighbours: ImageNeighbours | None = None  # None: no local reader of image grids
 
     def __post_init__(self) -> None:
         if isinstance(self.rope_scaling, dict):
             self.rope_scaling = RopeScaling(**self.rope_scaling)
         if isinstance(self.image_positions, dict):
             self.image_positions = ImagePositions(**self.image_positions)
+        if isinstance(self.image_neighbours, dict):
+            self.image_neighbours = ImageNeighbours(**self.image_neighbours)
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
         if self.head_dim is None:
@@ -98,7 +119,7 @@ class ModelArgs:
         if pos is not None and max(pos.boi, pos.grid_start + pos.max_side - 1,
                                    pos.code_stop - 1) >= self.vocab_size:
             raise ConfigError(f"image_positions: ids beyond vocab_size {self.vocab_size}")
-        if self.image_neighbours and pos is None:
+        if self.image_neighbours is not None and pos is None:
             raise ConfigError("image_neighbours needs image_positions (the layout of images)")
 
     @classmethod
@@ -133,8 +154,9 @@ class ModelArgs:
             n += self.vocab_size * self.dim * (1 if self.tie_embeddings else 2)
             if self.image_positions is not None:  # row and column tables
                 n += 2 * (self.image_positions.max_side + 1) * self.dim
-            if self.image_neighbours:  # one dim x dim map per neighbour
-                n += len(NEIGHBOURS) * self.dim * self.dim
+            near = self.image_neighbours
+            if near is not None:  # the MLP (the codebook copy is a buffer, not a parameter)
+                n += near.hidden * (near.width + self.dim)
         return n
 
 

@@ -20,7 +20,9 @@ from omnitok.model.image_positions import grid_neighbours, grid_positions
 from omnitok.model.kv_cache import KVCache
 
 IMAGE_POSITION_WEIGHTS = ("image_rows.weight", "image_cols.weight")  # with args.image_positions
-IMAGE_NEIGHBOUR_WEIGHTS = ("image_neighbours.weight",)  # with args.image_neighbours
+# with args.image_neighbours: the codebook copy (a buffer) and the MLP
+IMAGE_NEIGHBOUR_WEIGHTS = ("image_codebook", "image_neighbours.0.weight",
+                           "image_neighbours.2.weight")
 
 
 class Linear(nn.Linear):
@@ -147,8 +149,12 @@ class Transformer(nn.Module):
             self.image_rows = nn.Embedding(side, args.dim, padding_idx=0)
             self.image_cols = nn.Embedding(side, args.dim, padding_idx=0)
         self.image_neighbours = None
-        if args.image_neighbours:  # neighbours' embeddings side by side -> dim
-            self.image_neighbours = Linear(len(NEIGHBOURS) * args.dim, args.dim)
+        near = args.image_neighbours
+        if near is not None:  # codebook vectors of a code and its neighbours -> dim
+            n_codes = args.image_positions.code_stop - args.image_positions.code_start
+            self.register_buffer("image_codebook", torch.zeros(n_codes, near.code_dim))
+            self.image_neighbours = nn.Sequential(Linear(near.width, near.hidden), nn.SiLU(),
+                                                  Linear(near.hidden, args.dim))
         self.layers = nn.ModuleList(Block(args) for _ in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.output = Linear(args.dim, args.vocab_size)
@@ -162,8 +168,10 @@ class Transformer(nn.Module):
         if self.image_rows is not None:  # start as a model without them
             nn.init.zeros_(self.image_rows.weight)
             nn.init.zeros_(self.image_cols.weight)
-        if self.image_neighbours is not None:
-            nn.init.zeros_(self.image_neighbours.weight)
+        if self.image_neighbours is not None:  # unit-variance hidden units on unit vectors;
+            first, last = self.image_neighbours[0], self.image_neighbours[2]  # zero output
+            nn.init.normal_(first.weight, std=(1 + len(NEIGHBOURS)) ** -0.5)
+            nn.init.zeros_(last.weight)
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -239,6 +247,7 @@ class Transformer(nn.Module):
                    sequences from their start (required for decode steps with a KV cache).
         neighbours: (B, T, len(NEIGHBOURS)) ids of each image code's neighbours, -1 where none
                    (with `args.image_neighbours`); None: found in idx, as image_pos.
+                   Decode steps pass both (generate/grammar.py keeps them).
         """
         b, t = idx.shape
         if self.has_cache and input_pos is None:
@@ -274,9 +283,11 @@ class Transformer(nn.Module):
                 raise ValueError("a decode step of a model with image neighbours needs "
                                  "neighbours")
             neighbours = grid_neighbours(idx, layout)
-        found = (neighbours >= 0).unsqueeze(-1).to(out.dtype)
-        emb = self.tok_embeddings(neighbours.clamp(min=0)) * found  # (B, T, K, dim)
-        return out + self.image_neighbours(emb.flatten(-2))
+        own = torch.where(image_pos[..., :1] > 0, idx.unsqueeze(-1), -1)  # the code itself
+        ids = torch.cat([own, neighbours], dim=-1)  # (B, T, 1 + K)
+        local = (ids - layout.code_start).clamp(0, len(self.image_codebook) - 1)
+        vectors = self.image_codebook[local] * (ids >= 0).unsqueeze(-1)  # 0 off the grid
+        return out + self.image_neighbours(vectors.to(out.dtype).flatten(-2))
 
     def _positions(self, b: int, t: int, input_pos: torch.Tensor | None,
                    doc_ids: torch.Tensor | None, device: torch.device) -> torch.Tensor:

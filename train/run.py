@@ -18,7 +18,7 @@ import torch
 
 from omnitok import OmnitokError, native_bf16
 from omnitok.model.checkpoint import load_checkpoint
-from omnitok.model.config import ImagePositions, ModelArgs
+from omnitok.model.config import ImageNeighbours, ImagePositions, ModelArgs
 from omnitok.model.image_positions import image_positions_for
 from omnitok.model.transformer import IMAGE_NEIGHBOUR_WEIGHTS, IMAGE_POSITION_WEIGHTS, Transformer
 from omnitok.tokenizers.bundle import TokenizerBundle
@@ -89,12 +89,32 @@ def open_training_data(config: TrainConfig) -> TokenShards | ShardMix:
     return mix
 
 
-def model_args(config: TrainConfig, vocab: Vocab) -> ModelArgs:
+def model_args(config: TrainConfig, tokenizers: TokenizerBundle) -> ModelArgs:
     """A preset's ModelArgs for a fresh model, long enough for `config.seq_len`."""
+    vocab = tokenizers.vocab
     args = ModelArgs.from_name(config.model or "tiny", vocab_size=vocab.padded_size)
     layout = image_layout(vocab) if config.image_positions else None
+    near = image_reader(tokenizers) if config.image_neighbours else None
     return args.replace(max_seq_len=max(args.max_seq_len, config.seq_len),
-                        image_positions=layout, image_neighbours=config.image_neighbours)
+                        image_positions=layout, image_neighbours=near)
+
+
+def image_reader(tokenizers: TokenizerBundle) -> ImageNeighbours:
+    """The local image reader for `tokenizers`' image codebook."""
+    if tokenizers.image is None:
+        raise TrainError("--image-neighbours reads the image tokenizer's codebook: pass "
+                         "--tokenizer with the bundle the shards were made with")
+    return ImageNeighbours(code_dim=tokenizers.image.codebook.shape[1])
+
+
+def copy_image_codebook(model: Transformer, tokenizers: TokenizerBundle) -> None:
+    """Fill a model's frozen copy of the image codebook from its tokenizer."""
+    book = tokenizers.image.codebook.detach().float()
+    if book.shape != model.image_codebook.shape:
+        raise TrainError(f"the image tokenizer's codebook {tuple(book.shape)} does not fit the "
+                         f"model's image range {tuple(model.image_codebook.shape)}")
+    with torch.no_grad():
+        model.image_codebook.copy_(book)
 
 
 def image_layout(vocab: Vocab) -> ImagePositions:
@@ -104,15 +124,21 @@ def image_layout(vocab: Vocab) -> ImagePositions:
         raise TrainError(f"--image-positions: {e}") from None
 
 
-def with_image_inputs(model: Transformer, vocab: Vocab, neighbours: bool) -> Transformer:
-    """`model` with row and column embeddings of image codes (and with `neighbours`, the map
-    of their neighbours) added where it lacks them, at zero: the same function until
+def with_image_inputs(model: Transformer, tokenizers: TokenizerBundle,
+                      neighbours: bool) -> Transformer:
+    """`model` with row and column embeddings of image codes (and with `neighbours`, the
+    local image reader) added where it lacks them, at zero: the same function until
     training moves them."""
-    args = model.args.replace(image_positions=model.args.image_positions or image_layout(vocab),
-                              image_neighbours=model.args.image_neighbours or neighbours)
-    grown = Transformer(args, attn_backend=model.attn_backend)
+    args = model.args
+    grown_args = args.replace(
+        image_positions=args.image_positions or image_layout(tokenizers.vocab),
+        image_neighbours=args.image_neighbours or (image_reader(tokenizers) if neighbours
+                                                   else None))
+    grown = Transformer(grown_args, attn_backend=model.attn_backend)
     missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
     assert not unexpected and set(missing) <= {*IMAGE_POSITION_WEIGHTS, *IMAGE_NEIGHBOUR_WEIGHTS}
+    if args.image_neighbours is None and grown_args.image_neighbours is not None:
+        copy_image_codebook(grown, tokenizers)
     return grown
 
 
@@ -148,17 +174,19 @@ def start_point(config: TrainConfig, shards: TokenShards | ShardMix, run: Path) 
         if last is None:
             source = f"init {folder}"
             grow_positions = config.image_positions and model.args.image_positions is None
-            grow_neighbours = config.image_neighbours and not model.args.image_neighbours
+            grow_neighbours = config.image_neighbours and model.args.image_neighbours is None
             if grow_positions or grow_neighbours:
-                model = with_image_inputs(model, shards.vocab, config.image_neighbours).train()
+                model = with_image_inputs(model, tokenizers, config.image_neighbours).train()
                 source += (", image row/column embeddings" if grow_positions else ", image") + (
                     " and neighbours" if grow_neighbours else "") + " added"
             return Start(model, tokenizers, TrainState(), source=source)
         state, optimizer = load_train_state(last)
         return Start(model, tokenizers, state, optimizer, source=f"resume {last}")
     torch.manual_seed(config.seed)
-    model = Transformer(model_args(config, shards.vocab))
     tokenizers = _with_tokenizers(config, TokenizerBundle(shards.vocab), shards)
+    model = Transformer(model_args(config, tokenizers))
+    if model.image_neighbours is not None:
+        copy_image_codebook(model, tokenizers)
     source = f"preset {config.model or 'tiny'}"
     if config.codebook_init:
         ranges = codebook_embeddings(model, tokenizers, seed=config.seed)

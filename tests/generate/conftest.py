@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from omnitok.model.checkpoint import save_checkpoint
-from omnitok.model.config import ModelArgs
+from omnitok.model.config import ImageNeighbours, ModelArgs
 from omnitok.model.image_positions import image_positions_for
 from omnitok.model.transformer import Transformer
 from omnitok.tokenizers.bundle import TokenizerBundle
@@ -36,16 +36,18 @@ def tiny_checkpoint(folder, bundle: TokenizerBundle, max_seq_len: int = 256,
     with `image_neighbours`, a random map of each code's neighbours as well."""
     torch.manual_seed(0)
     layout = image_positions_for(bundle.vocab) if image_positions else None
+    near = ImageNeighbours(bundle.image.codebook.shape[1], 32) if image_neighbours else None
     args = ModelArgs.from_name("debug", vocab_size=bundle.vocab.padded_size,
                                max_seq_len=max_seq_len, image_positions=layout,
-                               image_neighbours=image_neighbours)
+                               image_neighbours=near)
     model = Transformer(args).eval()
     if image_positions:
         with torch.no_grad():
             model.image_rows.weight[1:].normal_()
             model.image_cols.weight[1:].normal_()
             if image_neighbours:
-                model.image_neighbours.weight.normal_(std=0.05)
+                model.image_codebook.copy_(bundle.image.codebook)
+                model.image_neighbours[2].weight.normal_(std=0.05)
     return save_checkpoint(folder, model, bundle)
 
 

@@ -7,10 +7,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from omnitok import OmnitokError
 from omnitok.model.checkpoint import load_checkpoint, save_checkpoint
-from omnitok.model.config import NEIGHBOURS, ConfigError, ImagePositions, ModelArgs
+from omnitok.model.config import (
+    NEIGHBOURS,
+    ConfigError,
+    ImageNeighbours,
+    ImagePositions,
+    ModelArgs,
+)
 from omnitok.model.export_hf import hf_config_dict
 from omnitok.model.image_positions import (
     grid_neighbours,
@@ -78,7 +85,7 @@ def reference_neighbours(ids: list[int]) -> list[list[int]]:
         image += t == VOCAB.special("<boi>")
         images.append(image)
         if pos[i] != (0, 0):
-            cells[image, *pos[i]] = t
+            cells[(image, *pos[i])] = t
     return [[cells.get((images[i], r + dr, c + dc), -1) if r else -1 for dr, dc in NEIGHBOURS]
             for i, (r, c) in enumerate(pos)]
 
@@ -112,8 +119,12 @@ def layout_model(seed: int = 0, positions: bool = True, neighbours: bool = False
     torch.manual_seed(seed)
     args = ModelArgs.from_name("debug", vocab_size=VOCAB.padded_size,
                                image_positions=LAYOUT if positions else None,
-                               image_neighbours=neighbours)
-    return Transformer(args).eval()
+                               image_neighbours=ImageNeighbours(4, 16) if neighbours else None)
+    model = Transformer(args).eval()
+    if neighbours:  # a random codebook of unit vectors, as the tokenizer's
+        with torch.no_grad():
+            model.image_codebook.copy_(F.normalize(torch.randn(32, 4), dim=1))
+    return model
 
 
 def test_zero_start_is_the_model_without_them():
@@ -131,16 +142,19 @@ def test_zero_start_is_the_model_without_them():
 def test_neighbours_start_at_zero():
     plain = layout_model()
     grown = layout_model(neighbours=True)
+    book = grown.image_codebook.clone()
     missing, _ = grown.load_state_dict(plain.state_dict(), strict=False)
-    assert missing == ["image_neighbours.weight"]
+    assert sorted(missing) == ["image_codebook", "image_neighbours.0.weight",
+                               "image_neighbours.2.weight"]
+    grown.image_codebook.copy_(book)
     ids = torch.tensor([stream()])
     with torch.no_grad():
         torch.testing.assert_close(grown(ids), plain(ids), rtol=0, atol=0)
-        grown.image_neighbours.weight.normal_()
+        grown.image_neighbours[2].weight.normal_()
         changed = (grown(ids) - plain(ids)).abs().amax(-1)[0]
     first_code = ids[0].tolist().index(VOCAB.special("<boi>")) + 3
-    assert changed[:first_code + 1].eq(0).all()  # nothing before a code with a neighbour
-    assert changed[first_code + 1] > 0
+    assert changed[:first_code].eq(0).all()  # nothing before the first image code
+    assert changed[first_code] > 0
 
 
 @pytest.mark.parametrize("neighbours", [False, True])
@@ -150,7 +164,7 @@ def test_cached_decoding_equals_the_full_forward(neighbours):
         model.image_rows.weight[1:].normal_()
         model.image_cols.weight[1:].normal_()
         if neighbours:
-            model.image_neighbours.weight.normal_(std=0.1)
+            model.image_neighbours[2].weight.normal_(std=0.1)
         ids = torch.tensor([stream(), stream(1)])
         full = model(ids).double()
         grid, near = grid_positions(ids, LAYOUT), grid_neighbours(ids, LAYOUT)
@@ -183,12 +197,14 @@ def test_checkpoints_keep_them(tmp_path):
     model = layout_model(neighbours=True)
     with torch.no_grad():
         model.image_cols.weight[1:].normal_()
-        model.image_neighbours.weight.normal_()
+        model.image_neighbours[2].weight.normal_()
     save_checkpoint(tmp_path / "ck", model, TokenizerBundle(VOCAB))
     loaded = load_checkpoint(tmp_path / "ck").model
-    assert loaded.args.image_positions == LAYOUT and loaded.args.image_neighbours
+    assert loaded.args.image_positions == LAYOUT
+    assert loaded.args.image_neighbours == ImageNeighbours(4, 16)
     torch.testing.assert_close(loaded.image_cols.weight, model.image_cols.weight)
-    torch.testing.assert_close(loaded.image_neighbours.weight, model.image_neighbours.weight)
+    for name in ("image_codebook", "image_neighbours.0.weight", "image_neighbours.2.weight"):
+        torch.testing.assert_close(loaded.state_dict()[name], model.state_dict()[name])
     assert loaded.args.num_params() == sum(p.numel() for p in loaded.parameters())
 
 
@@ -196,7 +212,7 @@ def test_bad_layouts_and_the_llama_export_are_refused():
     with pytest.raises(ConfigError, match="beyond vocab_size"):
         ModelArgs(vocab_size=16, image_positions=LAYOUT)
     with pytest.raises(ConfigError, match="needs image_positions"):
-        ModelArgs(vocab_size=VOCAB.padded_size, image_neighbours=True)
+        ModelArgs(vocab_size=VOCAB.padded_size, image_neighbours=ImageNeighbours(4))
     with pytest.raises(ConfigError, match="empty code range"):
         ImagePositions(boi=1, grid_start=2, code_start=5, code_stop=5, max_side=4)
     with pytest.raises(ValueError, match="no image range"):

@@ -100,13 +100,14 @@ def test_init_and_freeze_text(train_data, baseline, tmp_path, train_argv):
             assert torch.equal(a, b), name
 
 
-def test_image_positions_start_at_zero_and_train(train_data, baseline, tmp_path, train_argv,
-                                                 losses):
-    """--init adds row/column embeddings (and the neighbours' map) at zero: the first step's
-    loss is the plain init's; then they train. A fresh model gets the shards' layout."""
+def test_image_positions_start_at_zero_and_train(train_data, baseline, tok, tmp_path,
+                                                 train_argv, losses, capsys):
+    """--init adds row/column embeddings (and the local image reader) at zero: the first
+    step's loss is the plain init's; then they train. A fresh model gets the shards' layout;
+    the reader copies the image tokenizer's codebook, and needs one."""
     runs = {}
     for name, extra in (("plain", ()), ("grid", ("--image-positions",)),
-                        ("near", ("--image-neighbours",))):
+                        ("near", ("--image-neighbours", "--tokenizer", str(tok)))):
         runs[name] = tmp_path / name
         assert main(train_argv(train_data, runs[name], "--init", str(baseline / "last"),
                                *extra, steps=3)) == 0
@@ -117,9 +118,14 @@ def test_image_positions_start_at_zero_and_train(train_data, baseline, tmp_path,
     assert not ckpt.model.args.image_neighbours
     assert ckpt.model.image_rows.weight[1:].abs().sum() > 0
     assert ckpt.model.image_rows.weight[0].eq(0).all()
-    near_ckpt = load_checkpoint(runs["near"] / "last").model
-    assert near_ckpt.args.image_neighbours and near_ckpt.args.image_positions is not None
-    assert near_ckpt.image_neighbours.weight.abs().sum() > 0
+    near = load_checkpoint(runs["near"] / "last").model
+    assert near.args.image_neighbours is not None and near.args.image_positions is not None
+    assert near.image_neighbours[2].weight.abs().sum() > 0
+    book = TokenizerBundle.load(tok).image.codebook
+    torch.testing.assert_close(near.image_codebook, book, rtol=0, atol=0)
+    err = one_line_error(train_argv(train_data, tmp_path / "bare", "--init",
+                                    str(baseline / "last"), "--image-neighbours"), capsys)
+    assert "--image-neighbours reads the image tokenizer's codebook" in err
     fresh = tmp_path / "fresh"
     assert main(train_argv(train_data, fresh, "--image-positions", steps=2)) == 0
     assert load_checkpoint(fresh / "last").model.args.image_positions == \
