@@ -50,6 +50,8 @@ COMMANDS: dict = {
                  "Build the shapes-and-speech world: images, captions, speech, manifests."),
         "judge": ("omnitok.demo.commands:judge_demo_data",
                   "Score the independent judges on a demo manifest's ground-truth media."),
+        "probe": ("omnitok.demo.code_probe:probe_command",
+                  "How much of each attribute a tokenizer's image codes hold, for 3 readers."),
     },
     "tokenize": ("omnitok.train.commands:tokenize_command",
                  "Pre-tokenize a corpus manifest into shards of unified-vocabulary ids."),
