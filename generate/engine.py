@@ -64,9 +64,10 @@ def compiled_decode_step(model: Transformer):
     if step is None:
         def decode(tokens: torch.Tensor, pos: torch.Tensor,
                    image_pos: torch.Tensor | None = None,
-                   neighbours: torch.Tensor | None = None) -> torch.Tensor:
-            return model(tokens, input_pos=pos, image_pos=image_pos,
-                         neighbours=neighbours)[:, -1]
+                   neighbours: torch.Tensor | None = None,
+                   summary: torch.Tensor | None = None) -> torch.Tensor:
+            return model(tokens, input_pos=pos, image_pos=image_pos, neighbours=neighbours,
+                         summary=summary)[:, -1]
 
         step = torch.compile(decode, dynamic=False)
         object.__setattr__(model, "_compiled_decode_step", step)
@@ -168,28 +169,37 @@ class Engine:
         return logits[torch.arange(len(prompts)), lengths - 1], lengths
 
     def _image_inputs(self, requests: Sequence[Request], batch: list[int], live: list[int]
-                      ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """For a model that embeds them, the ids fed next's image (row, column) (R, 1, 2)
-        and neighbours (R, 1, K); None for what it does not embed."""
+                      ) -> tuple[torch.Tensor | None, ...]:
+        """For a model that embeds them, the ids fed next's image (row, column) (R, 1, 2),
+        neighbours (R, 1, K) and image summary (R, 1, hidden); None for what it does not
+        embed."""
         args = self.model.args
         if args.image_positions is None:
-            return None, None
+            return None, None, None
         rows, states = set(live), [requests[i].state for i in batch]
         grid = [self.grammar.grid_position(s) if j in rows else (0, 0)
                 for j, s in enumerate(states)]
         grid = torch.tensor(grid, device=self.device)[:, None]
-        if not args.image_neighbours:
-            return grid, None
+        if args.image_neighbours is None:
+            return grid, None, None
         near = [self.grammar.grid_neighbours(s) if j in rows else [-1] * len(NEIGHBOURS)
                 for j, s in enumerate(states)]
-        return grid, torch.tensor(near, device=self.device)[:, None]
+        summary = torch.zeros(len(batch), 1, args.image_neighbours.hidden, device=self.device,
+                              dtype=self.model.tok_embeddings.weight.dtype)
+        for j, s in enumerate(states):
+            segment = self.grammar.closed_image(s) if j in rows else None
+            if segment is not None:  # the <eoi> goes in next: the image it closes, pooled
+                summary[j, 0] = self.model.image_summary_of(
+                    torch.tensor(segment, device=self.device))
+        return grid, torch.tensor(near, device=self.device)[:, None], summary
 
     def _forward(self, tokens: torch.Tensor, pos: torch.Tensor, image_pos: torch.Tensor | None,
-                 neighbours: torch.Tensor | None) -> torch.Tensor:
+                 neighbours: torch.Tensor | None, summary: torch.Tensor | None
+                 ) -> torch.Tensor:
         if self.compiled is not None:  # static shapes: the whole cache, every row
-            return self.compiled(tokens, pos, image_pos, neighbours)
+            return self.compiled(tokens, pos, image_pos, neighbours, summary)
         return self.model(tokens, input_pos=pos, kv_len=int(pos.max()) + 1,
-                          image_pos=image_pos, neighbours=neighbours)[:, -1]
+                          image_pos=image_pos, neighbours=neighbours, summary=summary)[:, -1]
 
     def _step(self, requests: Sequence[Request], alive: list[int], logits: torch.Tensor,
               seen: torch.Tensor, generators: list[torch.Generator | None]

@@ -259,6 +259,14 @@ class Grammar:
         taken = h * w - state.image_left
         return neighbours_in_image(state.history[len(state.history) - taken:], w)
 
+    def closed_image(self, state: RowState) -> list[int] | None:
+        """The whole segment `<boi> h w codes <eoi>` when the last id `state` advanced past
+        closed an image, else None."""
+        if not state.history or state.history[-1] != self.ids["<eoi>"]:
+            return None
+        h, w = state.grid
+        return state.history[-(h * w + 4):]
+
     def _transition(self, state: RowState, token: int) -> None:
         ids, phase = self.ids, state.phase
         if phase == Phase.TEXT:

@@ -54,7 +54,9 @@ class ImagePositions:
 class ImageNeighbours:
     """A local reader of the image grid: the image tokenizer's codebook vectors (`code_dim`
     wide, a frozen copy in the model) of each code and of its `NEIGHBOURS`, side by side,
-    through a `hidden`-wide SiLU MLP, added to the code's input."""
+    through a `hidden`-wide SiLU MLP, added to the code's input; and the maximum of each
+    hidden unit over an image's codes, through a map of its own, added to the input of the id
+    after the image (its <eoi>)."""
 
     code_dim: int
     hidden: int = 256
@@ -156,7 +158,7 @@ class ModelArgs:
                 n += 2 * (self.image_positions.max_side + 1) * self.dim
             near = self.image_neighbours
             if near is not None:  # the MLP (the codebook copy is a buffer, not a parameter)
-                n += near.hidden * (near.width + self.dim)
+                n += near.hidden * (near.width + 2 * self.dim)  # and the summary's map
         return n
 
 

@@ -14,6 +14,8 @@ before the first layer, where the transformer alone reads an image as a bag of c
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from omnitok.model.config import NEIGHBOURS, ImagePositions
@@ -37,14 +39,15 @@ def grid_positions(ids: torch.Tensor, layout: ImagePositions) -> torch.Tensor:
     A code belongs to the last <boi> before it: `<boi> grid(h) grid(w) c_0 ... c_{h*w-1}`,
     and c_k sits at row k // w + 1, column k % w + 1.
     """
-    return _grid(ids, layout)[0]
+    return _grid(ids, layout).positions
 
 
 def grid_neighbours(ids: torch.Tensor, layout: ImagePositions) -> torch.Tensor:
     """(B, T, len(NEIGHBOURS)) int64: the id at each offset of `NEIGHBOURS` from every image
     code located by `grid_positions`, -1 where that cell is off the grid or the id is not a
     located code."""
-    pos, w = _grid(ids, layout)
+    grid = _grid(ids, layout)
+    pos, w = grid.positions, grid.width
     t = ids.shape[1]
     idx = torch.arange(t, device=ids.device)
     rows, cols = pos[..., 0], pos[..., 1]
@@ -65,19 +68,39 @@ def neighbours_in_image(codes: list[int], w: int) -> list[int]:
             for dr, dc in NEIGHBOURS]
 
 
-def _grid(ids: torch.Tensor, layout: ImagePositions) -> tuple[torch.Tensor, torch.Tensor]:
-    """grid_positions (B, T, 2) and the grid width of each id's image (B, T)."""
+def image_summaries(ids: torch.Tensor, hidden: torch.Tensor, layout: ImagePositions
+                    ) -> torch.Tensor:
+    """(B, T, H): at the id right after each image's last code (its <eoi>), the maximum of
+    `hidden` (B, T, H) over that image's codes; 0 at every other id."""
+    grid = _grid(ids, layout)
+    code = (grid.positions[..., :1] > 0)
+    index = grid.boi.clamp(min=0).unsqueeze(-1).expand_as(hidden)
+    floor = torch.full_like(hidden, float("-inf"))
+    pooled = floor.scatter_reduce(1, index, torch.where(code, hidden, floor), reduce="amax")
+    return torch.where(grid.ends.unsqueeze(-1), pooled.gather(1, index), 0.0)
+
+
+class Grid(NamedTuple):
+    positions: torch.Tensor  # (B, T, 2) grid_positions
+    width: torch.Tensor  # (B, T) grid width of each id's image
+    boi: torch.Tensor  # (B, T) index of the last <boi> at or before each id, -1 for none
+    ends: torch.Tensor  # (B, T) bool: the id right after a located image's last code
+
+
+def _grid(ids: torch.Tensor, layout: ImagePositions) -> Grid:
     b, t = ids.shape
     idx = torch.arange(t, device=ids.device).expand(b, t)
     boi = torch.where(ids == layout.boi, idx, torch.full_like(idx, -1)).cummax(dim=1).values
     sides = [ids.gather(1, (boi + j).clamp(0, t - 1)) - layout.grid_start + 1 for j in (1, 2)]
     h, w = (s.clamp(1, layout.max_side) for s in sides)
     k = idx - boi - 3  # index of the code in its image
-    code = ((ids >= layout.code_start) & (ids < layout.code_stop) & (boi >= 0) & (k >= 0)
-            & (k < h * w))
+    header = (boi >= 0) & (k >= 0)
+    code = (ids >= layout.code_start) & (ids < layout.code_stop) & (k < h * w)
     for side in sides:  # a header that is not two grid tokens locates nothing
-        code &= (side >= 1) & (side <= layout.max_side)
+        header &= (side >= 1) & (side <= layout.max_side)
+    code &= header
+    ends = header & (k == h * w)  # the <eoi> of a well-formed segment
     k = k.clamp(min=0)
     rows = torch.where(code, k // w + 1, 0)
     cols = torch.where(code, k % w + 1, 0)
-    return torch.stack([rows, cols], dim=-1), w
+    return Grid(torch.stack([rows, cols], dim=-1), w, boi, ends)

@@ -16,13 +16,13 @@ import torch.nn.functional as F
 from omnitok import kernels
 from omnitok.kernels import packed_linear
 from omnitok.model.config import NEIGHBOURS, ModelArgs, RopeScaling
-from omnitok.model.image_positions import grid_neighbours, grid_positions
+from omnitok.model.image_positions import grid_neighbours, grid_positions, image_summaries
 from omnitok.model.kv_cache import KVCache
 
 IMAGE_POSITION_WEIGHTS = ("image_rows.weight", "image_cols.weight")  # with args.image_positions
 # with args.image_neighbours: the codebook copy (a buffer) and the MLP
 IMAGE_NEIGHBOUR_WEIGHTS = ("image_codebook", "image_neighbours.0.weight",
-                           "image_neighbours.2.weight")
+                           "image_neighbours.2.weight", "image_summary.weight")
 
 
 class Linear(nn.Linear):
@@ -155,6 +155,7 @@ class Transformer(nn.Module):
             self.register_buffer("image_codebook", torch.zeros(n_codes, near.code_dim))
             self.image_neighbours = nn.Sequential(Linear(near.width, near.hidden), nn.SiLU(),
                                                   Linear(near.hidden, args.dim))
+            self.image_summary = Linear(near.hidden, args.dim)  # the pooled units, at <eoi>
         self.layers = nn.ModuleList(Block(args) for _ in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.output = Linear(args.dim, args.vocab_size)
@@ -172,6 +173,7 @@ class Transformer(nn.Module):
             first, last = self.image_neighbours[0], self.image_neighbours[2]  # zero output
             nn.init.normal_(first.weight, std=(1 + len(NEIGHBOURS)) ** -0.5)
             nn.init.zeros_(last.weight)
+            nn.init.zeros_(self.image_summary.weight)
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -233,7 +235,8 @@ class Transformer(nn.Module):
     def forward(self, idx: torch.Tensor, input_pos: torch.Tensor | None = None,
                 doc_ids: torch.Tensor | None = None, kv_len: int | None = None,
                 image_pos: torch.Tensor | None = None,
-                neighbours: torch.Tensor | None = None) -> torch.Tensor:
+                neighbours: torch.Tensor | None = None,
+                summary: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, T, vocab_size) for token ids idx (B, T).
 
         input_pos: (B, T) or (T,) absolute positions, required with a KV cache (the new keys
@@ -247,7 +250,10 @@ class Transformer(nn.Module):
                    sequences from their start (required for decode steps with a KV cache).
         neighbours: (B, T, len(NEIGHBOURS)) ids of each image code's neighbours, -1 where none
                    (with `args.image_neighbours`); None: found in idx, as image_pos.
-                   Decode steps pass both (generate/grammar.py keeps them).
+        summary:   (B, T, hidden) the image reader's units pooled over an image, at the id
+                   after its last code, 0 elsewhere (`image_summaries`); None: found in idx,
+                   as image_pos. Decode steps pass all three (`image_summary_of` pools one
+                   image; generate/grammar.py keeps the rest).
         """
         b, t = idx.shape
         if self.has_cache and input_pos is None:
@@ -260,15 +266,15 @@ class Transformer(nn.Module):
             self.tok_embeddings.weight.dtype)
         x = self.tok_embeddings(idx)
         if self.image_rows is not None:
-            x = x + self._image_embeddings(idx, input_pos, image_pos, neighbours)
+            x = x + self._image_embeddings(idx, input_pos, image_pos, neighbours, summary)
         for layer in self.layers:
             x = layer(x, cos, sin, doc_ids, pos if input_pos is not None else None,
                       self.attn_backend, kv_len)
         return self.output(self.norm(x, self.attn_backend))
 
     def _image_embeddings(self, idx: torch.Tensor, input_pos: torch.Tensor | None,
-                          image_pos: torch.Tensor | None,
-                          neighbours: torch.Tensor | None) -> torch.Tensor:
+                          image_pos: torch.Tensor | None, neighbours: torch.Tensor | None,
+                          summary: torch.Tensor | None) -> torch.Tensor:
         whole = input_pos is None or int(input_pos.min()) == 0  # idx locates its own images
         layout = self.args.image_positions
         if image_pos is None:
@@ -283,11 +289,32 @@ class Transformer(nn.Module):
                 raise ValueError("a decode step of a model with image neighbours needs "
                                  "neighbours")
             neighbours = grid_neighbours(idx, layout)
+        hidden = self._reader_units(idx, image_pos, neighbours, out.dtype)
+        if summary is None:
+            if not whole:
+                raise ValueError("a decode step of a model with image neighbours needs summary")
+            summary = image_summaries(idx, hidden, layout)
+        return out + self.image_neighbours[2](hidden) + self.image_summary(summary)
+
+    def _reader_units(self, idx: torch.Tensor, image_pos: torch.Tensor,
+                      neighbours: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """(B, T, hidden) units of the local image reader: 0 at every id that is not a code."""
         own = torch.where(image_pos[..., :1] > 0, idx.unsqueeze(-1), -1)  # the code itself
         ids = torch.cat([own, neighbours], dim=-1)  # (B, T, 1 + K)
-        local = (ids - layout.code_start).clamp(0, len(self.image_codebook) - 1)
+        local = (ids - self.args.image_positions.code_start).clamp(0, len(self.image_codebook)
+                                                                   - 1)
         vectors = self.image_codebook[local] * (ids >= 0).unsqueeze(-1)  # 0 off the grid
-        return out + self.image_neighbours(vectors.to(out.dtype).flatten(-2))
+        first, act, _ = self.image_neighbours  # no bias: 0 in, 0 out
+        return act(first(vectors.to(dtype).flatten(-2)))
+
+    def image_summary_of(self, segment: torch.Tensor) -> torch.Tensor:
+        """(hidden,) the reader's units pooled over one image segment (`<boi> h w codes
+        <eoi>`, 1-D ids): the `summary` a decode step passes when it feeds that <eoi>."""
+        ids, layout = segment[None], self.args.image_positions
+        hidden = self._reader_units(ids, grid_positions(ids, layout),
+                                    grid_neighbours(ids, layout),
+                                    self.tok_embeddings.weight.dtype)
+        return image_summaries(ids, hidden, layout)[0, -1]
 
     def _positions(self, b: int, t: int, input_pos: torch.Tensor | None,
                    doc_ids: torch.Tensor | None, device: torch.device) -> torch.Tensor:

@@ -48,6 +48,7 @@ def tiny_checkpoint(folder, bundle: TokenizerBundle, max_seq_len: int = 256,
             if image_neighbours:
                 model.image_codebook.copy_(bundle.image.codebook)
                 model.image_neighbours[2].weight.normal_(std=0.05)
+                model.image_summary.weight.normal_(std=0.05)
     return save_checkpoint(folder, model, bundle)
 
 
@@ -105,6 +106,6 @@ class RandomLogits(nn.Module):
         self.rows = 0
 
     def forward(self, idx: torch.Tensor, input_pos=None, kv_len=None,
-                image_pos=None, neighbours=None) -> torch.Tensor:
+                image_pos=None, neighbours=None, summary=None) -> torch.Tensor:
         assert idx.shape[0] == self.rows
         return 4 * torch.randn(*idx.shape, self.args.vocab_size, generator=self.g)

@@ -23,6 +23,7 @@ from omnitok.model.image_positions import (
     grid_neighbours,
     grid_positions,
     image_positions_for,
+    image_summaries,
     neighbours_in_image,
 )
 from omnitok.model.transformer import Transformer
@@ -145,7 +146,7 @@ def test_neighbours_start_at_zero():
     book = grown.image_codebook.clone()
     missing, _ = grown.load_state_dict(plain.state_dict(), strict=False)
     assert sorted(missing) == ["image_codebook", "image_neighbours.0.weight",
-                               "image_neighbours.2.weight"]
+                               "image_neighbours.2.weight", "image_summary.weight"]
     grown.image_codebook.copy_(book)
     ids = torch.tensor([stream()])
     with torch.no_grad():
@@ -157,6 +158,30 @@ def test_neighbours_start_at_zero():
     assert changed[first_code] > 0
 
 
+def closing_summary(model: Transformer, ids: torch.Tensor) -> torch.Tensor:
+    """What a decode step passes as `summary` when it feeds ids[-1]: the image it closes,
+    pooled, when ids[-1] is an <eoi>, else zeros."""
+    if int(ids[-1]) != VOCAB.special("<eoi>"):
+        return torch.zeros(model.args.image_neighbours.hidden)
+    boi = max(i for i, t in enumerate(ids.tolist()) if t == VOCAB.special("<boi>"))
+    return model.image_summary_of(ids[boi:])
+
+
+def test_summaries_pool_each_image_at_its_end():
+    """The maximum over each image's codes, against a loop over the parser's images."""
+    ids = stream()
+    hidden = torch.randn(1, len(ids), 3)
+    got = image_summaries(torch.tensor([ids]), hidden, LAYOUT)[0]
+    want = torch.zeros_like(got)
+    pos = reference_positions(ids)
+    for end in [i for i, t in enumerate(ids) if t == VOCAB.special("<eoi>")]:
+        start = max(i for i in range(end) if ids[i] == VOCAB.special("<boi>"))
+        codes = [i for i in range(start, end) if pos[i] != (0, 0)]
+        want[end] = hidden[0, codes].amax(0)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert got.abs().sum(-1).gt(0).sum() == 3  # three images, three ends
+
+
 @pytest.mark.parametrize("neighbours", [False, True])
 def test_cached_decoding_equals_the_full_forward(neighbours):
     model = layout_model(neighbours=neighbours)
@@ -165,6 +190,7 @@ def test_cached_decoding_equals_the_full_forward(neighbours):
         model.image_cols.weight[1:].normal_()
         if neighbours:
             model.image_neighbours[2].weight.normal_(std=0.1)
+            model.image_summary.weight.normal_(std=0.1)
         ids = torch.tensor([stream(), stream(1)])
         full = model(ids).double()
         grid, near = grid_positions(ids, LAYOUT), grid_neighbours(ids, LAYOUT)
@@ -172,15 +198,21 @@ def test_cached_decoding_equals_the_full_forward(neighbours):
         n = 7  # prefill inside the first image, then one id at a time
         out = [model(ids[:, :n], input_pos=torch.arange(n))]
         for t in range(n, ids.shape[1]):
+            extra = {}
+            if neighbours:
+                extra = dict(neighbours=near[:, t:t + 1], summary=torch.stack(
+                    [closing_summary(model, row[:t + 1]) for row in ids])[:, None])
             out.append(model(ids[:, t:t + 1], input_pos=torch.tensor([t]),
-                             image_pos=grid[:, t:t + 1],
-                             neighbours=near[:, t:t + 1] if neighbours else None))
+                             image_pos=grid[:, t:t + 1], **extra))
         with pytest.raises(ValueError, match="needs image_pos"):
             model(ids[:, -1:], input_pos=torch.tensor([ids.shape[1] - 1]))
         if neighbours:
             with pytest.raises(ValueError, match="needs neighbours"):
                 model(ids[:, -1:], input_pos=torch.tensor([ids.shape[1] - 1]),
                       image_pos=grid[:, -1:])
+            with pytest.raises(ValueError, match="needs summary"):
+                model(ids[:, -1:], input_pos=torch.tensor([ids.shape[1] - 1]),
+                      image_pos=grid[:, -1:], neighbours=near[:, -1:])
         model.clear_cache()
     torch.testing.assert_close(torch.cat(out, dim=1).double(), full, rtol=1e-4, atol=1e-4)
 
@@ -203,7 +235,8 @@ def test_checkpoints_keep_them(tmp_path):
     assert loaded.args.image_positions == LAYOUT
     assert loaded.args.image_neighbours == ImageNeighbours(4, 16)
     torch.testing.assert_close(loaded.image_cols.weight, model.image_cols.weight)
-    for name in ("image_codebook", "image_neighbours.0.weight", "image_neighbours.2.weight"):
+    for name in ("image_codebook", "image_neighbours.0.weight", "image_neighbours.2.weight",
+                 "image_summary.weight"):
         torch.testing.assert_close(loaded.state_dict()[name], model.state_dict()[name])
     assert loaded.args.num_params() == sum(p.numel() for p in loaded.parameters())
 
