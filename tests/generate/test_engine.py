@@ -159,3 +159,28 @@ def test_a_thousand_answers_of_the_untrained_model_decode(gen, target):
                 "audio": {"AudioSegment"}}.get(target, {"TextSegment", "ImageSegment",
                                                         "AudioSegment"})
     assert kinds == expected
+
+
+def test_decode_steps_feed_the_image_they_close_pooled(near_ckpt, monkeypatch):
+    """A sampled answer that draws an image and goes on: every decode step's logits equal
+    the full forward's, including the step that feeds the image's <eoi> with its summary."""
+    gen = Generator(load_checkpoint(near_ckpt))
+    outputs = []
+    forward = gen.model.forward
+
+    def spy(idx, *args, **kwargs):
+        out = forward(idx, *args, **kwargs)
+        outputs.append(out[:, -1])
+        return out
+
+    monkeypatch.setattr(gen.model, "forward", spy)
+    settings = GenerationSettings(target="auto", seed=0, max_new_tokens=120)
+    [answer] = gen.generate(docs(PROMPTS[:1]), settings)
+    eoi = gen.vocab.special("<eoi>")
+    assert eoi in answer.ids[:-1]  # an image, then more ids: <eoi> was fed to a decode step
+    steps = torch.cat(outputs[1:len(answer.ids)])  # after the prefill, one per fed id
+    with torch.no_grad():
+        full = forward(torch.tensor([answer.prompt_ids + answer.ids]))[0]
+    start = len(answer.prompt_ids)
+    torch.testing.assert_close(steps.double(), full[start:start + len(steps)].double(),
+                               rtol=1e-4, atol=1e-4)
