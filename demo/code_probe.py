@@ -170,7 +170,7 @@ def encode_images(tokenizer, items: list[tuple[Path, dict, bool]], size: int,
 def probe_command(*, tokenizer: Path = Path("default"),
                   train: Path = Path("data/demo/train.jsonl"),
                   heldout: Path = Path("data/demo/heldout.jsonl"), n_train: int = 12000,
-                  epochs: int = 3, seed: int = 0, out: Path | None = None,
+                  epochs: int = 6, seed: int = 0, out: Path | None = None,
                   progress: bool = True) -> None:
     """How much of each attribute a tokenizer's image codes hold, for three readers.
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from omnitok.model.config import ModelArgs
+from omnitok.model.config import ImageNeighbours, ModelArgs
 from omnitok.model.image_positions import image_positions_for
 from omnitok.model.loss import IGNORE, token_losses
-from omnitok.model.transformer import Transformer
+from omnitok.model.transformer import IMAGE_NEIGHBOUR_WEIGHTS, IMAGE_POSITION_WEIGHTS, Transformer
 from omnitok.tokenizers.vocab import AudioSpec, Vocab
 from omnitok.train.curves import plot_curves
 from omnitok.train.freeze import FreezeError, freeze, mask_gradients
@@ -120,14 +120,15 @@ def test_frozen_weights_do_not_change(names):
 
 @pytest.mark.parametrize("names,trains", [(["embeddings"], False), (["text"], True),
                                           (["backbone"], True)])
-def test_image_position_embeddings_freeze_with_the_embeddings(names, trains):
+def test_image_inputs_freeze_with_the_embeddings(names, trains):
     args = ModelArgs.from_name("debug", vocab_size=VOCAB.padded_size,
-                               image_positions=image_positions_for(VOCAB))
+                               image_positions=image_positions_for(VOCAB),
+                               image_neighbours=ImageNeighbours(4, 8))
     net = Transformer(args)
     masks = freeze(net, VOCAB, names)
-    assert net.image_rows.weight.requires_grad is trains
-    assert net.image_cols.weight.requires_grad is trains
-    assert not set(masks) & {"image_rows.weight", "image_cols.weight"}
+    reader = [net.image_rows, net.image_cols, net.image_summary, *net.image_neighbours[::2]]
+    assert all(m.weight.requires_grad is trains for m in reader)
+    assert not set(masks) & set(IMAGE_POSITION_WEIGHTS + IMAGE_NEIGHBOUR_WEIGHTS)
 
 
 def test_freeze_errors():
