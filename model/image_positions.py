@@ -5,11 +5,12 @@ codes and has to learn that the code 12 places back is the one above (for a 12-w
 With `ModelArgs.image_positions` the model also adds a learned row and a learned column
 embedding to each image code; this module finds those rows and columns in an id stream.
 
-With `ModelArgs.image_neighbours` it also adds a learned map of the embeddings of each code's
-neighbours at `NEIGHBOURS` (row, column) offsets: the codes up-left, above, up-right and two
-to the right of above, and left. All come earlier in raster order, so the input stays causal
-and a code's input already holds a 3x4 patch of its image: a causal convolution of the grid
-before the first layer, where the transformer alone reads an image as a bag of codes.
+With `ModelArgs.image_neighbours` it also reads each code's neighbourhood: the codebook
+vectors of the code and of its neighbours at `NEIGHBOURS` (row, column) offsets (up-left,
+above, up-right, two to the right of above, left), through an MLP; and the maximum of those
+units over a whole image, at its <eoi>. All neighbours come earlier in raster order, so the
+input stays causal and a code's input holds a 3x4 patch of its image: a causal convolution
+of the grid before the first layer. This module finds the neighbours and pools the images.
 """
 
 from __future__ import annotations
@@ -39,14 +40,15 @@ def grid_positions(ids: torch.Tensor, layout: ImagePositions) -> torch.Tensor:
     A code belongs to the last <boi> before it: `<boi> grid(h) grid(w) c_0 ... c_{h*w-1}`,
     and c_k sits at row k // w + 1, column k % w + 1.
     """
-    return _grid(ids, layout).positions
+    return locate(ids, layout).positions
 
 
-def grid_neighbours(ids: torch.Tensor, layout: ImagePositions) -> torch.Tensor:
+def grid_neighbours(ids: torch.Tensor, layout: ImagePositions, grid: Grid | None = None
+                    ) -> torch.Tensor:
     """(B, T, len(NEIGHBOURS)) int64: the id at each offset of `NEIGHBOURS` from every image
     code located by `grid_positions`, -1 where that cell is off the grid or the id is not a
-    located code."""
-    grid = _grid(ids, layout)
+    located code. grid: `locate(ids, layout)` when the caller has it."""
+    grid = grid or locate(ids, layout)
     pos, w = grid.positions, grid.width
     t = ids.shape[1]
     idx = torch.arange(t, device=ids.device)
@@ -68,11 +70,12 @@ def neighbours_in_image(codes: list[int], w: int) -> list[int]:
             for dr, dc in NEIGHBOURS]
 
 
-def image_summaries(ids: torch.Tensor, hidden: torch.Tensor, layout: ImagePositions
-                    ) -> torch.Tensor:
+def image_summaries(ids: torch.Tensor, hidden: torch.Tensor, layout: ImagePositions,
+                    grid: Grid | None = None) -> torch.Tensor:
     """(B, T, H): at the id right after each image's last code (its <eoi>), the maximum of
-    `hidden` (B, T, H) over that image's codes; 0 at every other id."""
-    grid = _grid(ids, layout)
+    `hidden` (B, T, H) over that image's codes; 0 at every other id. grid: as in
+    `grid_neighbours`."""
+    grid = grid or locate(ids, layout)
     code = (grid.positions[..., :1] > 0)
     index = grid.boi.clamp(min=0).unsqueeze(-1).expand_as(hidden)
     floor = torch.full_like(hidden, float("-inf"))
@@ -81,13 +84,15 @@ def image_summaries(ids: torch.Tensor, hidden: torch.Tensor, layout: ImagePositi
 
 
 class Grid(NamedTuple):
+    """Where the images of an id stream (B, T) are."""
+
     positions: torch.Tensor  # (B, T, 2) grid_positions
     width: torch.Tensor  # (B, T) grid width of each id's image
     boi: torch.Tensor  # (B, T) index of the last <boi> at or before each id, -1 for none
     ends: torch.Tensor  # (B, T) bool: the id right after a located image's last code
 
 
-def _grid(ids: torch.Tensor, layout: ImagePositions) -> Grid:
+def locate(ids: torch.Tensor, layout: ImagePositions) -> Grid:
     b, t = ids.shape
     idx = torch.arange(t, device=ids.device).expand(b, t)
     boi = torch.where(ids == layout.boi, idx, torch.full_like(idx, -1)).cummax(dim=1).values

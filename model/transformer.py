@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from omnitok import kernels
 from omnitok.kernels import packed_linear
 from omnitok.model.config import NEIGHBOURS, ModelArgs, RopeScaling
-from omnitok.model.image_positions import grid_neighbours, grid_positions, image_summaries
+from omnitok.model.image_positions import grid_neighbours, image_summaries, locate
 from omnitok.model.kv_cache import KVCache
 
 IMAGE_POSITION_WEIGHTS = ("image_rows.weight", "image_cols.weight")  # with args.image_positions
@@ -277,23 +277,24 @@ class Transformer(nn.Module):
                           summary: torch.Tensor | None) -> torch.Tensor:
         whole = input_pos is None or int(input_pos.min()) == 0  # idx locates its own images
         layout = self.args.image_positions
+        grid = locate(idx, layout) if whole else None  # once, for all three
         if image_pos is None:
-            if not whole:
+            if grid is None:
                 raise ValueError("a decode step of a model with image positions needs image_pos")
-            image_pos = grid_positions(idx, layout)
+            image_pos = grid.positions
         out = self.image_rows(image_pos[..., 0]) + self.image_cols(image_pos[..., 1])
         if self.image_neighbours is None:
             return out
         if neighbours is None:
-            if not whole:
+            if grid is None:
                 raise ValueError("a decode step of a model with image neighbours needs "
                                  "neighbours")
-            neighbours = grid_neighbours(idx, layout)
+            neighbours = grid_neighbours(idx, layout, grid)
         hidden = self._reader_units(idx, image_pos, neighbours, out.dtype)
         if summary is None:
-            if not whole:
+            if grid is None:
                 raise ValueError("a decode step of a model with image neighbours needs summary")
-            summary = image_summaries(idx, hidden, layout)
+            summary = image_summaries(idx, hidden, layout, grid)
         return out + self.image_neighbours[2](hidden) + self.image_summary(summary)
 
     def _reader_units(self, idx: torch.Tensor, image_pos: torch.Tensor,
@@ -311,10 +312,10 @@ class Transformer(nn.Module):
         """(hidden,) the reader's units pooled over one image segment (`<boi> h w codes
         <eoi>`, 1-D ids): the `summary` a decode step passes when it feeds that <eoi>."""
         ids, layout = segment[None], self.args.image_positions
-        hidden = self._reader_units(ids, grid_positions(ids, layout),
-                                    grid_neighbours(ids, layout),
+        grid = locate(ids, layout)
+        hidden = self._reader_units(ids, grid.positions, grid_neighbours(ids, layout, grid),
                                     self.tok_embeddings.weight.dtype)
-        return image_summaries(ids, hidden, layout)[0, -1]
+        return image_summaries(ids, hidden, layout, grid)[0, -1]
 
     def _positions(self, b: int, t: int, input_pos: torch.Tensor | None,
                    doc_ids: torch.Tensor | None, device: torch.device) -> torch.Tensor:

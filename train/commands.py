@@ -98,9 +98,10 @@ def train_command(*, data: Path, out: Path, mix: list[str] | None = None,
             tokenizers' codebooks (needs --tokenizer; not with --init).
         image_positions: give the model learned row and column embeddings of image codes
             (2-D positions beside the 1-D RoPE); with --init they are added, starting at zero.
-        image_neighbours: also add to each image code's input a learned map of its
-            neighbours' embeddings (up-left, up, up-right, two right of up, left: a causal
-            convolution of the grid); implies --image-positions; with --init it starts at zero.
+        image_neighbours: also give the model a local reader of image grids: the
+            tokenizer's codebook vectors of each code and its neighbours (up-left, up,
+            up-right, two right of up, left) through an MLP, and their maximum over the image
+            at its <eoi>; implies --image-positions; with --init it starts at zero.
         condition_dropout: probability of replacing a document's conditioning segments by
             <uncond> (classifier-free guidance).
         modality_dropout: probability of dropping each non-target segment.

@@ -177,8 +177,9 @@ def start_point(config: TrainConfig, shards: TokenShards | ShardMix, run: Path) 
             grow_neighbours = config.image_neighbours and model.args.image_neighbours is None
             if grow_positions or grow_neighbours:
                 model = with_image_inputs(model, tokenizers, config.image_neighbours).train()
-                source += (", image row/column embeddings" if grow_positions else ", image") + (
-                    " and neighbours" if grow_neighbours else "") + " added"
+                added = [what for what, grown in (("image row/column embeddings", grow_positions),
+                                                  ("the image reader", grow_neighbours)) if grown]
+                source += f", {' and '.join(added)} added"
             return Start(model, tokenizers, TrainState(), source=source)
         state, optimizer = load_train_state(last)
         return Start(model, tokenizers, state, optimizer, source=f"resume {last}")
