@@ -36,7 +36,7 @@ def tokenize_command(manifest: Path, *, tokenizer: Path, out: Path, workers: int
 
 Precision = Literal["32", "bf16"]
 Strategy = Literal["auto", "ddp", "fsdp"]
-Freeze = Literal["backbone", "embeddings", "text"]
+Freeze = Literal["backbone", "embeddings", "text", "image-codes"]
 
 
 def train_command(*, data: Path, out: Path, mix: list[str] | None = None,
@@ -93,7 +93,8 @@ def train_command(*, data: Path, out: Path, mix: list[str] | None = None,
         activation_checkpointing: recompute each block's activations in the backward pass.
         freeze: keep weights fixed: backbone (blocks + final norm), embeddings (input
             embedding + head), text (everything except the embedding and head rows of
-            non-text ids).
+            non-text ids), image-codes (the input embedding rows of image codes; with
+            --codebook-init the model sees each code as its projected codebook vector).
         codebook_init: start a fresh model's image and audio embeddings from the
             tokenizers' codebooks (needs --tokenizer; not with --init).
         image_positions: give the model learned row and column embeddings of image codes

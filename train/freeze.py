@@ -7,6 +7,10 @@
   head rows of the text range; only the rows of the other ids (special and grid tokens,
   image codes, audio codes) and the image row/column embeddings train, as Anole did to teach
   a text model image tokens.
+- `image-codes`: the input embedding rows of the image codes stay fixed (their output-head rows
+  train). With `--codebook-init` the model then sees every image code only as its projected
+  codebook vector, the geometry that codes of the same edge between different colours share,
+  and cannot learn each colour pair's codes apart.
 
 Whole tensors are frozen with `requires_grad = False`. Frozen rows of a trained tensor get a
 row mask: `mask_gradients` zeroes their gradients before every optimizer step, and such
@@ -19,9 +23,9 @@ import torch
 
 from omnitok import OmnitokError
 from omnitok.model.transformer import IMAGE_NEIGHBOUR_WEIGHTS, IMAGE_POSITION_WEIGHTS, Transformer
-from omnitok.tokenizers.vocab import Vocab
+from omnitok.tokenizers.vocab import Modality, Vocab
 
-FREEZE_CHOICES = ("backbone", "embeddings", "text")
+FREEZE_CHOICES = ("backbone", "embeddings", "text", "image-codes")
 ROW_PARAMS = ("tok_embeddings.weight", "output.weight")
 
 
@@ -42,14 +46,23 @@ def freeze(model: Transformer, vocab: Vocab, names: list[str] | tuple[str, ...]
         fixed |= {n for n, _ in model.named_parameters() if n.startswith(("layers.", "norm."))}
     if "embeddings" in names:
         fixed |= set(ROW_PARAMS) | set(IMAGE_POSITION_WEIGHTS) | set(IMAGE_NEIGHBOUR_WEIGHTS)
-    masks = {}
+    frozen_rows: dict[str, list[range]] = {}
     if "text" in names:
         text = vocab.range("text")
         for name in ROW_PARAMS:
-            if name not in fixed and _has(model, name):
-                rows = torch.ones(model.args.vocab_size, dtype=torch.bool)
-                rows[text.start:text.stop] = False
-                masks[name] = rows
+            frozen_rows.setdefault(name, []).append(range(text.start, text.stop))
+    if "image-codes" in names:
+        if not any(r.modality == Modality.IMAGE for r in vocab.ranges):
+            raise FreezeError("--freeze image-codes: the vocabulary has no image codes")
+        image = vocab.range(Modality.IMAGE)
+        frozen_rows.setdefault(ROW_PARAMS[0], []).append(range(image.start, image.stop))
+    masks = {}
+    for name, spans in frozen_rows.items():
+        if name not in fixed and _has(model, name):
+            rows = torch.ones(model.args.vocab_size, dtype=torch.bool)
+            for span in spans:
+                rows[span.start:span.stop] = False
+            masks[name] = rows
     for name, p in model.named_parameters():
         if name in fixed:
             p.requires_grad_(False)
@@ -71,8 +84,8 @@ def mask_gradients(model: torch.nn.Module, masks: dict[str, torch.Tensor],
         if p is None or p.grad is None:
             continue
         if p.grad.shape[0] != rows.shape[0]:
-            raise FreezeError("--freeze text needs whole (unsharded) embedding gradients; "
-                              "use --strategy ddp")
+            raise FreezeError("--freeze text and image-codes need whole (unsharded) "
+                              "embedding gradients; use --strategy ddp")
         p.grad.mul_(rows.to(p.grad.device, p.grad.dtype)[:, None])
 
 

@@ -238,9 +238,10 @@ def quiet_lightning() -> None:
 
 
 def validate(config: TrainConfig) -> None:
-    if config.strategy == "fsdp" and "text" in config.freeze:
-        raise TrainConfigError("--freeze text masks embedding rows, which FSDP shards; use "
-                               "--strategy ddp")
+    rows = sorted({"text", "image-codes"} & set(config.freeze))
+    if config.strategy == "fsdp" and rows:
+        raise TrainConfigError(f"--freeze {rows[0]} masks embedding rows, which FSDP shards; "
+                               "use --strategy ddp")
 
 
 @dataclass

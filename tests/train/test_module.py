@@ -118,6 +118,23 @@ def test_frozen_weights_do_not_change(names):
         assert all(not torch.equal(after[k], before[k]) for k in rows)
 
 
+@pytest.mark.parametrize("names", [["image-codes"], ["text", "image-codes"]])
+def test_frozen_image_code_rows_do_not_change(names):
+    net = model()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    masks = freeze(net, VOCAB, names)
+    train_steps(net, masks)
+    after, image, text = net.state_dict(), VOCAB.range("image"), VOCAB.range("text")
+    emb, head = "tok_embeddings.weight", "output.weight"
+    assert torch.equal(after[emb][image.start:image.stop], before[emb][image.start:image.stop])
+    assert not torch.equal(after[head][image.start:image.stop],
+                           before[head][image.start:image.stop])
+    text_rows_fixed = torch.equal(after[emb][text.start:text.stop],
+                                  before[emb][text.start:text.stop])
+    assert text_rows_fixed is ("text" in names)
+    assert not torch.equal(after[emb][image.stop:], before[emb][image.stop:])
+
+
 @pytest.mark.parametrize("names,trains", [(["embeddings"], False), (["text"], True),
                                           (["backbone"], True)])
 def test_image_inputs_freeze_with_the_embeddings(names, trains):
@@ -136,6 +153,8 @@ def test_freeze_errors():
         freeze(model(), VOCAB, ["head"])
     with pytest.raises(FreezeError, match="no weight"):
         freeze(model(), VOCAB, ["backbone", "embeddings"])
+    with pytest.raises(FreezeError, match="no image codes"):
+        freeze(model(), Vocab(text_size=50, audio=AudioSpec(8, 2, 16000, 50.0)), ["image-codes"])
 
 
 def test_activation_checkpointing_gives_the_same_gradients():
