@@ -26,6 +26,7 @@ from omnitok.model.transformer import IMAGE_NEIGHBOUR_WEIGHTS, IMAGE_POSITION_WE
 from omnitok.tokenizers.vocab import Modality, Vocab
 
 FREEZE_CHOICES = ("backbone", "embeddings", "text", "image-codes")
+ROW_FREEZES = ("text", "image-codes")  # the choices that freeze rows of a trained tensor
 ROW_PARAMS = ("tok_embeddings.weight", "output.weight")
 
 
@@ -52,7 +53,7 @@ def freeze(model: Transformer, vocab: Vocab, names: list[str] | tuple[str, ...]
         for name in ROW_PARAMS:
             frozen_rows.setdefault(name, []).append(range(text.start, text.stop))
     if "image-codes" in names:
-        if not any(r.modality == Modality.IMAGE for r in vocab.ranges):
+        if not vocab.image_size:
             raise FreezeError("--freeze image-codes: the vocabulary has no image codes")
         image = vocab.range(Modality.IMAGE)
         frozen_rows.setdefault(ROW_PARAMS[0], []).append(range(image.start, image.stop))
@@ -84,7 +85,7 @@ def mask_gradients(model: torch.nn.Module, masks: dict[str, torch.Tensor],
         if p is None or p.grad is None:
             continue
         if p.grad.shape[0] != rows.shape[0]:
-            raise FreezeError("--freeze text and image-codes need whole (unsharded) "
+            raise FreezeError(f"--freeze {' and '.join(ROW_FREEZES)} need whole (unsharded) "
                               "embedding gradients; use --strategy ddp")
         p.grad.mul_(rows.to(p.grad.device, p.grad.dtype)[:, None])
 

@@ -32,6 +32,7 @@ from omnitok.train.config import (
     save_config,
 )
 from omnitok.train.embeddings import codebook_embeddings
+from omnitok.train.freeze import ROW_FREEZES
 from omnitok.train.logs import METRICS, truncate_log
 from omnitok.train.mix import ShardMix, parse_mix
 from omnitok.train.objective import GROUPS
@@ -238,7 +239,7 @@ def quiet_lightning() -> None:
 
 
 def validate(config: TrainConfig) -> None:
-    rows = sorted({"text", "image-codes"} & set(config.freeze))
+    rows = [name for name in ROW_FREEZES if name in config.freeze]
     if config.strategy == "fsdp" and rows:
         raise TrainConfigError(f"--freeze {rows[0]} masks embedding rows, which FSDP shards; "
                                "use --strategy ddp")
