@@ -184,11 +184,11 @@ class Engine:
             return grid, None, None
         near = [self.grammar.grid_neighbours(s) if j in rows else [-1] * len(NEIGHBOURS)
                 for j, s in enumerate(states)]
-        summary = torch.zeros(len(batch), 1, args.image_neighbours.hidden, device=self.device,
-                              dtype=self.model.tok_embeddings.weight.dtype)
+        summary = torch.zeros(len(batch), 1, args.image_neighbours.summary_size,
+                              device=self.device, dtype=self.model.tok_embeddings.weight.dtype)
         for j, s in enumerate(states):
             segment = self.grammar.closed_image(s) if j in rows else None
-            if segment is not None:  # the <eoi> goes in next: the image it closes, pooled
+            if segment is not None:  # the <eoi> goes in next: the image it closes, summarised
                 summary[j, 0] = self.model.image_summary_of(
                     torch.tensor(segment, device=self.device))
         return grid, torch.tensor(near, device=self.device)[:, None], summary

@@ -25,6 +25,7 @@ class RopeScaling:
 # (row, column) offsets of the neighbours whose codebook vectors an image code's input takes
 # with `ModelArgs.image_neighbours` (model/image_positions.py): all earlier in raster order
 NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (-1, 2), (0, -1))
+SUMMARIES = ("pool", "cnn")  # what the image reader passes to an image's <eoi>
 
 
 @dataclass
@@ -54,16 +55,30 @@ class ImagePositions:
 class ImageNeighbours:
     """A local reader of the image grid: the image tokenizer's codebook vectors (`code_dim`
     wide, a frozen copy in the model) of each code and of its `NEIGHBOURS`, side by side,
-    through a `hidden`-wide SiLU MLP, added to the code's input; and the maximum of each
-    hidden unit over an image's codes, through a map of its own, added to the input of the id
-    after the image (its <eoi>)."""
+    through a `hidden`-wide SiLU MLP, added to the code's input; and a summary of the whole
+    image, through a map of its own, added to the input of the id after the image (its
+    <eoi>). `summary` says what is summarised: `pool`, the maximum of each hidden unit over
+    the image's codes; `cnn`, three 3x3 convolutions (`summary_width` channels) over the
+    image's grid of codebook vectors, max-pooled (weights of its own, which only the ids
+    after an image train)."""
 
     code_dim: int
     hidden: int = 256
+    summary: str = "pool"
+    summary_width: int = 64
 
     def __post_init__(self) -> None:
-        if self.code_dim < 1 or self.hidden < 1:
-            raise ConfigError("image_neighbours: code_dim and hidden must be >= 1")
+        if self.code_dim < 1 or self.hidden < 1 or self.summary_width < 1:
+            raise ConfigError("image_neighbours: code_dim, hidden and summary_width must be "
+                              ">= 1")
+        if self.summary not in SUMMARIES:
+            raise ConfigError(f"image_neighbours: unknown summary {self.summary!r}; choose "
+                              f"from {', '.join(SUMMARIES)}")
+
+    @property
+    def summary_size(self) -> int:
+        """Width of the summary a decode step passes at an <eoi>."""
+        return self.hidden if self.summary == "pool" else self.summary_width
 
     @property
     def width(self) -> int:
@@ -158,7 +173,11 @@ class ModelArgs:
                 n += 2 * (self.image_positions.max_side + 1) * self.dim
             near = self.image_neighbours
             if near is not None:  # the MLP (the codebook copy is a buffer, not a parameter)
-                n += near.hidden * (near.width + 2 * self.dim)  # and the summary's map
+                n += near.hidden * (near.width + self.dim)
+                n += near.summary_size * self.dim  # the summary's map
+                if near.summary == "cnn":
+                    c = near.summary_width
+                    n += 9 * c * (near.code_dim + 2 * c) + 3 * c
         return n
 
 

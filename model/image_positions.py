@@ -8,9 +8,11 @@ embedding to each image code; this module finds those rows and columns in an id 
 With `ModelArgs.image_neighbours` it also reads each code's neighbourhood: the codebook
 vectors of the code and of its neighbours at `NEIGHBOURS` (row, column) offsets (up-left,
 above, up-right, two to the right of above, left), through an MLP; and the maximum of those
-units over a whole image, at its <eoi>. All neighbours come earlier in raster order, so the
-input stays causal and a code's input holds a 3x4 patch of its image: a causal convolution
-of the grid before the first layer. This module finds the neighbours and pools the images.
+units over a whole image, at its <eoi> (or, with the `cnn` summary, a small convolutional
+network over the whole grid, `GridReader`). All neighbours come earlier in raster order, so
+the input stays causal and a code's input holds a 3x4 patch of its image: a causal
+convolution of the grid before the first layer. This module finds the neighbours and
+summarises the images.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn as nn
 
 from omnitok.model.config import NEIGHBOURS, ImagePositions
 from omnitok.tokenizers.vocab import Modality, Vocab
@@ -81,6 +84,44 @@ def image_summaries(ids: torch.Tensor, hidden: torch.Tensor, layout: ImagePositi
     floor = torch.full_like(hidden, float("-inf"))
     pooled = floor.scatter_reduce(1, index, torch.where(code, hidden, floor), reduce="amax")
     return torch.where(grid.ends.unsqueeze(-1), pooled.gather(1, index), 0.0)
+
+
+class GridReader(nn.Module):
+    """Three 3x3 convolutions over an image's grid of codebook vectors, max-pooled:
+    (N, h, w, code_dim) -> (N, width). It sees the whole image at once (not causal); its
+    output enters only at the id after the image."""
+
+    def __init__(self, code_dim: int, width: int) -> None:
+        super().__init__()
+        self.convs = nn.Sequential(nn.Conv2d(code_dim, width, 3, padding=1), nn.GELU(),
+                                   nn.Conv2d(width, width, 3, padding=1), nn.GELU(),
+                                   nn.Conv2d(width, width, 3, padding=1), nn.GELU())
+
+    def forward(self, grids: torch.Tensor) -> torch.Tensor:
+        return self.convs(grids.permute(0, 3, 1, 2)).amax(dim=(2, 3))  # (N, width)
+
+
+def grid_summaries(ids: torch.Tensor, layout: ImagePositions, codebook: torch.Tensor,
+                   reader: GridReader, dtype: torch.dtype, grid: Grid | None = None
+                   ) -> torch.Tensor:
+    """(B, T, width): `reader` over the grid of codebook vectors of each image whose codes
+    are all in ids (B, T), at the id right after its last code (its <eoi>); 0 at every other
+    id. Images of one size go through `reader` together. grid: as in `grid_neighbours`."""
+    grid = grid or locate(ids, layout)
+    width = reader.convs[0].out_channels
+    out = torch.zeros(*ids.shape, width, device=ids.device, dtype=dtype)
+    b, t = grid.ends.nonzero(as_tuple=True)
+    if not len(b):
+        return out
+    first = grid.boi[b, t] + 3  # the image's first code
+    sides = torch.stack([ids[b, first - 2], ids[b, first - 1]], 1) - layout.grid_start + 1
+    for h, w in sides.unique(dim=0).tolist():
+        sel = (sides == torch.tensor([h, w], device=ids.device)).all(1)
+        cells = first[sel, None] + torch.arange(h * w, device=ids.device)  # (n, h*w)
+        codes = (ids[b[sel, None], cells] - layout.code_start).clamp(0, len(codebook) - 1)
+        vectors = codebook[codes].view(-1, h, w, codebook.shape[1]).to(dtype)  # (n, h, w, d)
+        out[b[sel], t[sel]] = reader(vectors).to(dtype)
+    return out
 
 
 class Grid(NamedTuple):

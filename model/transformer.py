@@ -16,13 +16,22 @@ import torch.nn.functional as F
 from omnitok import kernels
 from omnitok.kernels import packed_linear
 from omnitok.model.config import NEIGHBOURS, ModelArgs, RopeScaling
-from omnitok.model.image_positions import grid_neighbours, image_summaries, locate
+from omnitok.model.image_positions import (
+    GridReader,
+    grid_neighbours,
+    grid_summaries,
+    image_summaries,
+    locate,
+)
 from omnitok.model.kv_cache import KVCache
 
 IMAGE_POSITION_WEIGHTS = ("image_rows.weight", "image_cols.weight")  # with args.image_positions
 # with args.image_neighbours: the codebook copy (a buffer) and the MLP
 IMAGE_NEIGHBOUR_WEIGHTS = ("image_codebook", "image_neighbours.0.weight",
-                           "image_neighbours.2.weight", "image_summary.weight")
+                           "image_neighbours.2.weight", "image_summary.weight",
+                           # with the `cnn` summary
+                           *(f"image_grid_reader.convs.{i}.{p}" for i in (0, 2, 4)
+                             for p in ("weight", "bias")))
 
 
 class Linear(nn.Linear):
@@ -148,14 +157,16 @@ class Transformer(nn.Module):
             side = args.image_positions.max_side + 1
             self.image_rows = nn.Embedding(side, args.dim, padding_idx=0)
             self.image_cols = nn.Embedding(side, args.dim, padding_idx=0)
-        self.image_neighbours = None
+        self.image_neighbours = self.image_grid_reader = None
         near = args.image_neighbours
         if near is not None:  # codebook vectors of a code and its neighbours -> dim
             n_codes = args.image_positions.code_stop - args.image_positions.code_start
             self.register_buffer("image_codebook", torch.zeros(n_codes, near.code_dim))
             self.image_neighbours = nn.Sequential(Linear(near.width, near.hidden), nn.SiLU(),
                                                   Linear(near.hidden, args.dim))
-            self.image_summary = Linear(near.hidden, args.dim)  # the pooled units, at <eoi>
+            self.image_grid_reader = (GridReader(near.code_dim, near.summary_width)
+                                      if near.summary == "cnn" else None)
+            self.image_summary = Linear(near.summary_size, args.dim)  # the summary, at <eoi>
         self.layers = nn.ModuleList(Block(args) for _ in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.output = Linear(args.dim, args.vocab_size)
@@ -250,10 +261,11 @@ class Transformer(nn.Module):
                    sequences from their start (required for decode steps with a KV cache).
         neighbours: (B, T, len(NEIGHBOURS)) ids of each image code's neighbours, -1 where none
                    (with `args.image_neighbours`); None: found in idx, as image_pos.
-        summary:   (B, T, hidden) the image reader's units pooled over an image, at the id
-                   after its last code, 0 elsewhere (`image_summaries`); None: found in idx,
-                   as image_pos. Decode steps pass all three (`image_summary_of` pools one
-                   image; generate/grammar.py keeps the rest).
+        summary:   (B, T, summary_size) the image reader's summary of an image, at the id
+                   after its last code, 0 elsewhere (`image_summaries`, `grid_summaries`);
+                   None: found in idx, as image_pos. Decode steps pass all three
+                   (`image_summary_of` summarises one image; generate/grammar.py keeps the
+                   rest).
         """
         b, t = idx.shape
         if self.has_cache and input_pos is None:
@@ -294,8 +306,16 @@ class Transformer(nn.Module):
         if summary is None:
             if grid is None:
                 raise ValueError("a decode step of a model with image neighbours needs summary")
-            summary = image_summaries(idx, hidden, layout, grid)
+            summary = self._summaries(idx, hidden, grid)
         return out + self.image_neighbours[2](hidden) + self.image_summary(summary)
+
+    def _summaries(self, idx: torch.Tensor, hidden: torch.Tensor, grid) -> torch.Tensor:
+        """(B, T, summary_size): each whole image's summary at its <eoi>, 0 elsewhere."""
+        layout = self.args.image_positions
+        if self.image_grid_reader is None:
+            return image_summaries(idx, hidden, layout, grid)
+        return grid_summaries(idx, layout, self.image_codebook, self.image_grid_reader,
+                              hidden.dtype, grid)
 
     def _reader_units(self, idx: torch.Tensor, image_pos: torch.Tensor,
                       neighbours: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -309,13 +329,13 @@ class Transformer(nn.Module):
         return act(first(vectors.to(dtype).flatten(-2)))
 
     def image_summary_of(self, segment: torch.Tensor) -> torch.Tensor:
-        """(hidden,) the reader's units pooled over one image segment (`<boi> h w codes
+        """(summary_size,) the reader's summary of one image segment (`<boi> h w codes
         <eoi>`, 1-D ids): the `summary` a decode step passes when it feeds that <eoi>."""
         ids, layout = segment[None], self.args.image_positions
         grid = locate(ids, layout)
         hidden = self._reader_units(ids, grid.positions, grid_neighbours(ids, layout, grid),
                                     self.tok_embeddings.weight.dtype)
-        return image_summaries(ids, hidden, layout, grid)[0, -1]
+        return self._summaries(ids, hidden, grid)[0, -1]
 
     def _positions(self, b: int, t: int, input_pos: torch.Tensor | None,
                    doc_ids: torch.Tensor | None, device: torch.device) -> torch.Tensor:

@@ -49,6 +49,7 @@ def train_command(*, data: Path, out: Path, mix: list[str] | None = None,
                   compile: bool = False, activation_checkpointing: bool = False,
                   freeze: list[Freeze] | None = None, codebook_init: bool = False,
                   image_positions: bool = False, image_neighbours: bool = False,
+                  image_summary: str = "pool",
                   condition_dropout: float = 0.0,
                   modality_dropout: float = 0.0, text_weight: float = 1.0,
                   image_weight: float = 1.0, audio_weight: float = 1.0,
@@ -103,6 +104,9 @@ def train_command(*, data: Path, out: Path, mix: list[str] | None = None,
             tokenizer's codebook vectors of each code and its neighbours (up-left, up,
             up-right, two right of up, left) through an MLP, and their maximum over the image
             at its <eoi>; implies --image-positions; with --init it starts at zero.
+        image_summary: what the image reader passes to an image's <eoi> (with
+            --image-neighbours): pool (the maximum of its units over the image) or cnn (three
+            3x3 convolutions over the image's grid of codebook vectors, max-pooled).
         condition_dropout: probability of replacing a document's conditioning segments by
             <uncond> (classifier-free guidance).
         modality_dropout: probability of dropping each non-target segment.
@@ -144,7 +148,7 @@ def train_command(*, data: Path, out: Path, mix: list[str] | None = None,
         z_loss=z_loss, precision=precision, compile=compile,
         activation_checkpointing=activation_checkpointing, freeze=list(freeze or []),
         codebook_init=codebook_init, image_positions=image_positions or image_neighbours,
-        image_neighbours=image_neighbours,
+        image_neighbours=image_neighbours, image_summary=image_summary,
         condition_dropout=condition_dropout, modality_dropout=modality_dropout,
         loss_weights=weights, audio_levels=list(audio_levels or []), seed=seed,
         checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,

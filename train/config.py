@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from omnitok import OmnitokError, atomic_write_text, dataclass_from_dict, read_json_object
+from omnitok.model.config import SUMMARIES
 from omnitok.train.mix import parse_mix
 
 PRECISIONS = {"32": "32-true", "bf16": "bf16-mixed"}
@@ -21,7 +22,8 @@ WEIGHT_KEYS = ("text", "image", "audio", "special", "condition")  # LossWeights'
 # settings a resumed run must share with the run it continues
 RESUME_KEYS = ("mix", "seq_len", "batch_size", "accumulate", "seed", "condition_dropout",
                "modality_dropout", "dropout_kinds", "loss_weights", "audio_levels", "freeze",
-               "world_size", "window", "image_positions", "image_neighbours", "lr", "min_lr",
+               "world_size", "window", "image_positions", "image_neighbours", "image_summary",
+               "lr", "min_lr",
                "warmup_steps", "weight_decay", "beta1", "beta2")
 
 
@@ -57,6 +59,7 @@ class TrainConfig:
     codebook_init: bool = False  # media embeddings of a fresh model from their codebooks
     image_positions: bool = False  # add row/column embeddings of image codes (2-D positions)
     image_neighbours: bool = False  # add each image code's neighbours (implies image_positions)
+    image_summary: str = "pool"  # what the image reader passes to an image's <eoi>: pool, cnn
     condition_dropout: float = 0.0
     modality_dropout: float = 0.0
     dropout_kinds: list[str] = field(default_factory=lambda: ["text", "image", "audio"])
@@ -95,6 +98,9 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             raise TrainConfigError(f"--precision {self.precision!r}: choose from "
                                    f"{', '.join(PRECISIONS)}")
+        if self.image_summary not in SUMMARIES:
+            raise TrainConfigError(f"--image-summary {self.image_summary!r}: choose from "
+                                   f"{', '.join(SUMMARIES)}")
         if self.strategy not in STRATEGIES:
             raise TrainConfigError(f"--strategy {self.strategy!r}: choose from "
                                    f"{', '.join(STRATEGIES)}")

@@ -95,17 +95,17 @@ def model_args(config: TrainConfig, tokenizers: TokenizerBundle) -> ModelArgs:
     vocab = tokenizers.vocab
     args = ModelArgs.from_name(config.model or "tiny", vocab_size=vocab.padded_size)
     layout = image_layout(vocab) if config.image_positions else None
-    near = image_reader(tokenizers) if config.image_neighbours else None
+    near = image_reader(tokenizers, config.image_summary) if config.image_neighbours else None
     return args.replace(max_seq_len=max(args.max_seq_len, config.seq_len),
                         image_positions=layout, image_neighbours=near)
 
 
-def image_reader(tokenizers: TokenizerBundle) -> ImageNeighbours:
+def image_reader(tokenizers: TokenizerBundle, summary: str = "pool") -> ImageNeighbours:
     """The local image reader for `tokenizers`' image codebook."""
     if tokenizers.image is None:
         raise TrainError("--image-neighbours reads the image tokenizer's codebook: pass "
                          "--tokenizer with the bundle the shards were made with")
-    return ImageNeighbours(code_dim=tokenizers.image.codebook.shape[1])
+    return ImageNeighbours(code_dim=tokenizers.image.codebook.shape[1], summary=summary)
 
 
 def copy_image_codebook(model: Transformer, tokenizers: TokenizerBundle) -> None:
@@ -126,15 +126,15 @@ def image_layout(vocab: Vocab) -> ImagePositions:
 
 
 def with_image_inputs(model: Transformer, tokenizers: TokenizerBundle,
-                      neighbours: bool) -> Transformer:
-    """`model` with row and column embeddings of image codes (and with `neighbours`, the
-    local image reader) added where it lacks them, at zero: the same function until
-    training moves them."""
+                      neighbours: str | None) -> Transformer:
+    """`model` with row and column embeddings of image codes (and with `neighbours`, a
+    summary kind, the local image reader) added where it lacks them, at zero: the same
+    function until training moves them."""
     args = model.args
     grown_args = args.replace(
         image_positions=args.image_positions or image_layout(tokenizers.vocab),
-        image_neighbours=args.image_neighbours or (image_reader(tokenizers) if neighbours
-                                                   else None))
+        image_neighbours=args.image_neighbours or (image_reader(tokenizers, neighbours)
+                                                   if neighbours else None))
     grown = Transformer(grown_args, attn_backend=model.attn_backend)
     missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
     assert not unexpected and set(missing) <= {*IMAGE_POSITION_WEIGHTS, *IMAGE_NEIGHBOUR_WEIGHTS}
@@ -172,12 +172,17 @@ def start_point(config: TrainConfig, shards: TokenShards | ShardMix, run: Path) 
         check_architecture(ckpt.model.args, config, str(folder))
         model = ckpt.model.float().train()
         tokenizers = _with_tokenizers(config, ckpt.tokenizers, shards)
+        near = model.args.image_neighbours
+        if config.image_neighbours and near is not None and near.summary != config.image_summary:
+            raise TrainError(f"{folder}'s image reader has the {near.summary!r} summary, not "
+                             f"--image-summary {config.image_summary!r}")
         if last is None:
             source = f"init {folder}"
             grow_positions = config.image_positions and model.args.image_positions is None
             grow_neighbours = config.image_neighbours and model.args.image_neighbours is None
             if grow_positions or grow_neighbours:
-                model = with_image_inputs(model, tokenizers, config.image_neighbours).train()
+                summary = config.image_summary if config.image_neighbours else None
+                model = with_image_inputs(model, tokenizers, summary).train()
                 added = [what for what, grown in (("image row/column embeddings", grow_positions),
                                                   ("the image reader", grow_neighbours)) if grown]
                 source += f", {' and '.join(added)} added"

@@ -31,12 +31,15 @@ def tiny_bundle(text_tokenizer, *, image: bool = True, audio: bool = True,
 
 
 def tiny_checkpoint(folder, bundle: TokenizerBundle, max_seq_len: int = 256,
-                    image_positions: bool = False, image_neighbours: bool = False):
+                    image_positions: bool = False, image_neighbours: bool = False,
+                    summary: str = "pool"):
     """A random debug model; with `image_positions`, random row and column embeddings too;
-    with `image_neighbours`, a random map of each code's neighbours as well."""
+    with `image_neighbours`, a random map of each code's neighbours (and of the `summary`
+    of each image) as well."""
     torch.manual_seed(0)
     layout = image_positions_for(bundle.vocab) if image_positions else None
-    near = ImageNeighbours(bundle.image.codebook.shape[1], 32) if image_neighbours else None
+    near = (ImageNeighbours(bundle.image.codebook.shape[1], 32, summary, 16)
+            if image_neighbours else None)
     args = ModelArgs.from_name("debug", vocab_size=bundle.vocab.padded_size,
                                max_seq_len=max_seq_len, image_positions=layout,
                                image_neighbours=near)
@@ -70,6 +73,13 @@ def near_ckpt(tmp_path_factory, text_tokenizer):
     """Like grid_ckpt, with each image code's neighbours embedded as well."""
     return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "near", tiny_bundle(text_tokenizer),
                            image_positions=True, image_neighbours=True)
+
+
+@pytest.fixture(scope="session")
+def cnn_ckpt(tmp_path_factory, text_tokenizer):
+    """Like near_ckpt, with the convolutional summary of each image."""
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "cnn", tiny_bundle(text_tokenizer),
+                           image_positions=True, image_neighbours=True, summary="cnn")
 
 
 @pytest.fixture(scope="session")

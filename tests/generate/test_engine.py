@@ -48,7 +48,7 @@ def test_greedy_matches_full_recompute(gen):
     assert generated == full_recompute_greedy(gen, answer.prompt_ids, generated)
 
 
-@pytest.mark.parametrize("ckpt", ["grid_ckpt", "near_ckpt"])
+@pytest.mark.parametrize("ckpt", ["grid_ckpt", "near_ckpt", "cnn_ckpt"])
 def test_greedy_image_with_2d_positions_matches_full_recompute(ckpt, request):
     """Decode steps feed each code's (row, column), and neighbours, from the grammar; the full
     forward finds them in the ids: both must agree, inside the prompt's image and the
@@ -161,10 +161,11 @@ def test_a_thousand_answers_of_the_untrained_model_decode(gen, target):
     assert kinds == expected
 
 
-def test_decode_steps_feed_the_image_they_close_pooled(near_ckpt, monkeypatch):
+@pytest.mark.parametrize("ckpt", ["near_ckpt", "cnn_ckpt"])
+def test_decode_steps_feed_the_image_they_close_summarised(ckpt, monkeypatch, request):
     """A sampled answer that draws an image and goes on: every decode step's logits equal
     the full forward's, including the step that feeds the image's <eoi> with its summary."""
-    gen = Generator(load_checkpoint(near_ckpt))
+    gen = Generator(load_checkpoint(request.getfixturevalue(ckpt)))
     outputs = []
     forward = gen.model.forward
 

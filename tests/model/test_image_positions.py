@@ -20,13 +20,15 @@ from omnitok.model.config import (
 )
 from omnitok.model.export_hf import hf_config_dict
 from omnitok.model.image_positions import (
+    GridReader,
     grid_neighbours,
     grid_positions,
+    grid_summaries,
     image_positions_for,
     image_summaries,
     neighbours_in_image,
 )
-from omnitok.model.transformer import Transformer
+from omnitok.model.transformer import IMAGE_NEIGHBOUR_WEIGHTS, Transformer
 from omnitok.tokenizers.bundle import TokenizerBundle
 from omnitok.tokenizers.document import DocumentCodec
 from omnitok.tokenizers.vocab import Modality, Vocab
@@ -115,12 +117,13 @@ def test_codes_without_their_header_get_no_position():
     assert pos.gt(0).any()  # the later images still are
 
 
-def layout_model(seed: int = 0, positions: bool = True, neighbours: bool = False
-                 ) -> Transformer:
+def layout_model(seed: int = 0, positions: bool = True, neighbours: bool = False,
+                 summary: str = "pool") -> Transformer:
     torch.manual_seed(seed)
+    near = ImageNeighbours(4, 16, summary, 8) if neighbours else None
     args = ModelArgs.from_name("debug", vocab_size=VOCAB.padded_size,
                                image_positions=LAYOUT if positions else None,
-                               image_neighbours=ImageNeighbours(4, 16) if neighbours else None)
+                               image_neighbours=near)
     model = Transformer(args).eval()
     if neighbours:  # a random codebook of unit vectors, as the tokenizer's
         with torch.no_grad():
@@ -140,13 +143,17 @@ def test_zero_start_is_the_model_without_them():
         assert not torch.allclose(grown(ids), plain(ids))
 
 
-def test_neighbours_start_at_zero():
+@pytest.mark.parametrize("summary", ["pool", "cnn"])
+def test_neighbours_start_at_zero(summary):
     plain = layout_model()
-    grown = layout_model(neighbours=True)
+    grown = layout_model(neighbours=True, summary=summary)
     book = grown.image_codebook.clone()
     missing, _ = grown.load_state_dict(plain.state_dict(), strict=False)
-    assert sorted(missing) == ["image_codebook", "image_neighbours.0.weight",
-                               "image_neighbours.2.weight", "image_summary.weight"]
+    cnn = [f"image_grid_reader.convs.{i}.{p}" for i in (0, 2, 4) for p in ("bias", "weight")]
+    assert sorted(missing) == ["image_codebook", *(cnn if summary == "cnn" else []),
+                               "image_neighbours.0.weight", "image_neighbours.2.weight",
+                               "image_summary.weight"]
+    assert set(missing) <= set(IMAGE_NEIGHBOUR_WEIGHTS)
     grown.image_codebook.copy_(book)
     ids = torch.tensor([stream()])
     with torch.no_grad():
@@ -160,9 +167,9 @@ def test_neighbours_start_at_zero():
 
 def closing_summary(model: Transformer, ids: torch.Tensor) -> torch.Tensor:
     """What a decode step passes as `summary` when it feeds ids[-1]: the image it closes,
-    pooled, when ids[-1] is an <eoi>, else zeros."""
+    summarised, when ids[-1] is an <eoi>, else zeros."""
     if int(ids[-1]) != VOCAB.special("<eoi>"):
-        return torch.zeros(model.args.image_neighbours.hidden)
+        return torch.zeros(model.args.image_neighbours.summary_size)
     boi = max(i for i, t in enumerate(ids.tolist()) if t == VOCAB.special("<boi>"))
     return model.image_summary_of(ids[boi:])
 
@@ -182,9 +189,31 @@ def test_summaries_pool_each_image_at_its_end():
     assert got.abs().sum(-1).gt(0).sum() == 3  # three images, three ends
 
 
-@pytest.mark.parametrize("neighbours", [False, True])
-def test_cached_decoding_equals_the_full_forward(neighbours):
-    model = layout_model(neighbours=neighbours)
+def test_grid_summaries_read_each_whole_image_at_its_end():
+    """The reader over each image's grid of codebook vectors, against a loop over the
+    parser's images, one image at a time; an image cut by the row's start is not read."""
+    torch.manual_seed(0)
+    book, reader = F.normalize(torch.randn(32, 4), dim=1), GridReader(4, 6)
+    ids = stream()
+    got = grid_summaries(torch.tensor([ids]), LAYOUT, book, reader, torch.float32)[0]
+    want = torch.zeros_like(got)
+    for end in [i for i, t in enumerate(ids) if t == VOCAB.special("<eoi>")]:
+        boi = max(i for i in range(end) if ids[i] == VOCAB.special("<boi>"))
+        h, w = (VOCAB.grid_side(ids[boi + k]) for k in (1, 2))
+        codes = [VOCAB.to_local(t)[1] for t in ids[boi + 3:end]]
+        grid = book[torch.tensor(codes)].reshape(h, w, 4).permute(2, 0, 1)[None]
+        want[end] = reader.convs(grid)[0].flatten(1).amax(1)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    assert got.abs().sum(-1).gt(0).sum() == 3  # three images, three ends
+    boi = ids.index(VOCAB.special("<boi>"))
+    cut = grid_summaries(torch.tensor([ids[boi + 2:]]), LAYOUT, book, reader, torch.float32)
+    assert cut[0].abs().sum(-1).gt(0).sum() == 2  # the first image lost its header
+
+
+@pytest.mark.parametrize(("neighbours", "summary"),
+                         [(False, "pool"), (True, "pool"), (True, "cnn")])
+def test_cached_decoding_equals_the_full_forward(neighbours, summary):
+    model = layout_model(neighbours=neighbours, summary=summary)
     with torch.no_grad():
         model.image_rows.weight[1:].normal_()
         model.image_cols.weight[1:].normal_()
@@ -225,19 +254,19 @@ def test_gradients_reach_the_embeddings_but_not_the_blank_row():
         assert emb.weight.grad[1:5].abs().sum(dim=1).gt(0).all()
 
 
-def test_checkpoints_keep_them(tmp_path):
-    model = layout_model(neighbours=True)
+@pytest.mark.parametrize("summary", ["pool", "cnn"])
+def test_checkpoints_keep_them(tmp_path, summary):
+    model = layout_model(neighbours=True, summary=summary)
     with torch.no_grad():
         model.image_cols.weight[1:].normal_()
         model.image_neighbours[2].weight.normal_()
     save_checkpoint(tmp_path / "ck", model, TokenizerBundle(VOCAB))
     loaded = load_checkpoint(tmp_path / "ck").model
     assert loaded.args.image_positions == LAYOUT
-    assert loaded.args.image_neighbours == ImageNeighbours(4, 16)
+    assert loaded.args.image_neighbours == ImageNeighbours(4, 16, summary, 8)
     torch.testing.assert_close(loaded.image_cols.weight, model.image_cols.weight)
-    for name in ("image_codebook", "image_neighbours.0.weight", "image_neighbours.2.weight",
-                 "image_summary.weight"):
-        torch.testing.assert_close(loaded.state_dict()[name], model.state_dict()[name])
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], tensor)
     assert loaded.args.num_params() == sum(p.numel() for p in loaded.parameters())
 
 
@@ -246,6 +275,8 @@ def test_bad_layouts_and_the_llama_export_are_refused():
         ModelArgs(vocab_size=16, image_positions=LAYOUT)
     with pytest.raises(ConfigError, match="needs image_positions"):
         ModelArgs(vocab_size=VOCAB.padded_size, image_neighbours=ImageNeighbours(4))
+    with pytest.raises(ConfigError, match="unknown summary 'mean'"):
+        ImageNeighbours(4, summary="mean")
     with pytest.raises(ConfigError, match="empty code range"):
         ImagePositions(boi=1, grid_start=2, code_start=5, code_stop=5, max_side=4)
     with pytest.raises(ValueError, match="no image range"):

@@ -107,12 +107,21 @@ def test_image_positions_start_at_zero_and_train(train_data, baseline, tok, tmp_
     the reader copies the image tokenizer's codebook, and needs one."""
     runs = {}
     for name, extra in (("plain", ()), ("grid", ("--image-positions",)),
-                        ("near", ("--image-neighbours", "--tokenizer", str(tok)))):
+                        ("near", ("--image-neighbours", "--tokenizer", str(tok))),
+                        ("cnn", ("--image-neighbours", "--image-summary", "cnn",
+                                 "--tokenizer", str(tok)))):
         runs[name] = tmp_path / name
         assert main(train_argv(train_data, runs[name], "--init", str(baseline / "last"),
                                *extra, steps=3)) == 0
     plain, grid, near = losses(runs["plain"]), losses(runs["grid"]), losses(runs["near"])
     assert plain[1] == grid[1] == near[1] and plain[3] != grid[3] != near[3]
+    cnn = load_checkpoint(runs["cnn"] / "last").model
+    assert losses(runs["cnn"])[1] == plain[1] and cnn.args.image_neighbours.summary == "cnn"
+    assert cnn.image_summary.weight.abs().sum() > 0  # the convolutional summary trains
+    err = one_line_error(train_argv(train_data, tmp_path / "other", "--init",
+                                    str(runs["near"] / "last"), "--image-neighbours",
+                                    "--image-summary", "cnn"), capsys)
+    assert "image reader has the 'pool' summary, not --image-summary 'cnn'" in err
     ckpt = load_checkpoint(runs["grid"] / "last")
     assert ckpt.model.args.image_positions == image_positions_for(ckpt.vocab)
     assert not ckpt.model.args.image_neighbours
