@@ -33,6 +33,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from omnitok import OmnitokError, atomic_write_text
 from omnitok.demo.world import COLOURS, SHAPES
+from omnitok.model.image_positions import GridReader
 
 ATTRIBUTES = {"shape": list(SHAPES), "colour": list(COLOURS), "background": list(COLOURS)}
 READERS = ("bag", "cnn", "cnn-codebook")
@@ -72,15 +73,11 @@ class GridCNN(nn.Module):
             self.embed = nn.Embedding(n_codes, 32)
         else:
             self.embed = nn.Embedding.from_pretrained(codebook.detach().float().clone())
-        d = self.embed.embedding_dim
-        self.convs = nn.Sequential(nn.Conv2d(d, width, 3, padding=1), nn.GELU(),
-                                   nn.Conv2d(width, width, 3, padding=1), nn.GELU(),
-                                   nn.Conv2d(width, width, 3, padding=1), nn.GELU())
+        self.reader = GridReader(self.embed.embedding_dim, width)  # the model's cnn summary
         self.head = nn.Linear(width, n_out)
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
-        x = self.embed(codes).permute(0, 3, 1, 2)
-        return self.head(self.convs(x).amax(dim=(2, 3)))
+        return self.head(self.reader(self.embed(codes)))
 
 
 def make_reader(kind: str, codebook: torch.Tensor, n_out: int) -> nn.Module:
