@@ -4,7 +4,9 @@
     text        omnitok tokenizer train text  -> OUT/tok/text.model
     image       omnitok tokenizer train image -> OUT/tok/image/
     audio       omnitok tokenizer train audio -> OUT/tok/audio/
-    tokenize    omnitok tokenize           -> OUT/shards/, OUT/val_shards/ (held-out)
+    tokenize    omnitok tokenize           -> OUT/shards_image/ (the image->text and text->image
+                                              documents), OUT/shards/ (a seeded share of the
+                                              others), OUT/val_shards/ (held-out)
     train       omnitok train              -> OUT/run/ (checkpoints, metrics with the
                                               held-out loss, curves)
     eval        omnitok eval               -> OUT/eval/ (eval.json, contact sheet)
@@ -15,6 +17,13 @@ same command. OUT/recipe.json records, per stage, the seconds of its latest run 
 total over every run (an interrupted stage's time plus its resumption). `--quick` is the
 plumbing check CI runs: a small world, tokenizers trained for a few steps, the `debug`
 preset, minutes instead of an hour.
+
+The image directions get most of the training: shapes are read and drawn only after one to
+two passes over their documents (README, "Shapes are learned late"), while speech is read
+within a fraction of a pass. So every image->text and text->image document is tokenized,
+but only `other_fraction` of the other directions' documents, and the model trains on both
+(`--data shards_image --mix shards:1`). It trains in bfloat16 where the CPU has native
+support (`omnitok.native_bf16`), float32 elsewhere (about half as fast).
 """
 
 from __future__ import annotations
@@ -28,13 +37,14 @@ from pathlib import Path
 from omnitok import OmnitokError, atomic_write_text
 
 STAGES = ("data", "text", "image", "audio", "tokenize", "train", "eval")
+IMAGE_DIRECTIONS = ("image->text", "text->image")
 
 
 @dataclass
 class RecipeSettings:
     """Sizes of the recipe; `quick()` is the CI-sized version."""
 
-    n_train: int = 24000  # 168,000 documents: 1,500 steps see each one at most once
+    n_train: int = 24000  # 168,000 documents, 48,000 of them image->text or text->image
     n_heldout: int = 400
     text_vocab: int = 480
     image_size: int = 48
@@ -42,23 +52,27 @@ class RecipeSettings:
     audio_levels: int = 2
     audio_steps: int = 1000
     preset: str = "tiny"
-    train_steps: int = 1500
+    other_fraction: float = 0.125  # of the documents in the other directions
+    image_summary: str = "cnn"  # --image-neighbours --image-summary
+    train_steps: int = 2600
     batch_size: int = 8
     seq_len: int = 1024
     lr: float = 2e-3
+    warmup_steps: int = 100
     condition_dropout: float = 0.1
     eval_limit: int = 50
 
     @classmethod
     def quick(cls) -> RecipeSettings:
         return cls(n_train=24, n_heldout=8, text_vocab=300, image_steps=4, audio_steps=4,
-                   preset="debug", train_steps=6, batch_size=2, seq_len=1024, eval_limit=1)
+                   preset="debug", other_fraction=0.5, train_steps=6, batch_size=2, seq_len=1024,
+                   warmup_steps=2, eval_limit=1)
 
 
 def demo_train(*, out: Path = Path("runs/demo"), data: Path = Path("data/demo"),
                quick: bool = False, stages: list[str] = STAGES, preset: str | None = None,
-               train_steps: int | None = None, threads: int | None = None,
-               seed: int = 0) -> None:
+               train_steps: int | None = None, other_fraction: float | None = None,
+               threads: int | None = None, seed: int = 0) -> None:
     """Run the recipe of the built-in default: data, tokenizers, shards, training, eval.
 
     Args:
@@ -69,6 +83,8 @@ def demo_train(*, out: Path = Path("runs/demo"), data: Path = Path("data/demo"),
             tokenize train eval.
         preset: model preset (default: tiny; debug with --quick).
         train_steps: optimizer steps of the model.
+        other_fraction: share of the documents in directions other than image->text and
+            text->image that the model trains on (0 < F <= 1; default 0.125).
         threads: CPU threads for training (default: torch's).
         seed: seed of every stage.
     """
@@ -77,6 +93,10 @@ def demo_train(*, out: Path = Path("runs/demo"), data: Path = Path("data/demo"),
         raise OmnitokError(f"unknown stages {unknown}; choose from {', '.join(STAGES)}")
     s = RecipeSettings.quick() if quick else RecipeSettings()
     s.preset, s.train_steps = preset or s.preset, train_steps or s.train_steps
+    if other_fraction is not None:
+        if not 0 < other_fraction <= 1:
+            raise OmnitokError(f"--other-fraction {other_fraction:g}: expected 0 < F <= 1")
+        s.other_fraction = other_fraction
     out.mkdir(parents=True, exist_ok=True)
     runners = _stages(out, data, s, threads, seed)
     log = _read_log(out)
@@ -98,6 +118,8 @@ def demo_train(*, out: Path = Path("runs/demo"), data: Path = Path("data/demo"),
 def _stages(out: Path, data: Path, s: RecipeSettings, threads: int | None,
             seed: int) -> dict[str, Callable[[], None]]:
     tok, manifest = out / "tok", data / "train.jsonl"
+    image_manifest = data / "train_image.jsonl"
+    other_manifest = data / f"train_other_{s.other_fraction:g}_{seed}.jsonl"
 
     def text() -> None:
         from omnitok.tokenizers.commands import train_text
@@ -132,19 +154,24 @@ def _stages(out: Path, data: Path, s: RecipeSettings, threads: int | None,
         bundle = TokenizerBundle.load(tok)
         if not (tok / "vocab.json").exists():
             bundle.vocab.save(tok / "vocab.json")
-        tokenize_command(manifest, tokenizer=tok, out=out / "shards", workers=2)
+        split_manifest(manifest, image_manifest, other_manifest, s.other_fraction, seed)
+        tokenize_command(image_manifest, tokenizer=tok, out=out / "shards_image", workers=2)
+        tokenize_command(other_manifest, tokenizer=tok, out=out / "shards", workers=2)
         tokenize_command(data / "heldout.jsonl", tokenizer=tok, out=out / "val_shards",
                          workers=2)
 
     def train() -> None:
+        from omnitok import native_bf16
         from omnitok.train.commands import train_command
 
         run = out / "run"
-        train_command(data=out / "shards", out=run, model=s.preset, tokenizer=tok,
-                      codebook_init=True, resume=(run / "last").exists(),
-                      max_steps=s.train_steps,
+        train_command(data=out / "shards_image", mix=[f"{out / 'shards'}:1"], out=run,
+                      model=s.preset, tokenizer=tok, codebook_init=True,
+                      image_neighbours=True, image_summary=s.image_summary,
+                      precision="bf16" if native_bf16() else "32",
+                      resume=(run / "last").exists(), max_steps=s.train_steps,
                       batch_size=s.batch_size, seq_len=s.seq_len, lr=s.lr,
-                      min_lr=s.lr / 10, warmup_steps=min(200, s.train_steps // 10 + 1),
+                      min_lr=s.lr / 10, warmup_steps=s.warmup_steps,
                       condition_dropout=s.condition_dropout, seed=seed, threads=threads,
                       checkpoint_every=max(1, min(500, s.train_steps)),
                       val_data=out / "val_shards", val_every=max(1, min(250, s.train_steps)))
@@ -157,6 +184,31 @@ def _stages(out: Path, data: Path, s: RecipeSettings, threads: int | None,
 
     return {"data": data_stage, "text": text, "image": image, "audio": audio,
             "tokenize": tokenize, "train": train, "eval": evaluate}
+
+
+def split_manifest(manifest: Path, image_out: Path, other_out: Path, fraction: float,
+                   seed: int) -> tuple[int, int]:
+    """Write the image->text and text->image lines of `manifest` to `image_out`, and a seeded
+    `fraction` of its other lines (in their order) to `other_out`; both beside `manifest`,
+    whose media paths are relative to it. Returns the two line counts."""
+    import numpy as np
+
+    image, other = [], []
+    with manifest.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                raise OmnitokError(f"{manifest}:{number}: not JSON") from None
+            direction = doc.get("direction") if isinstance(doc, dict) else None
+            (image if direction in IMAGE_DIRECTIONS else other).append(line)
+    keep = np.random.default_rng(seed).permutation(len(other))[:round(fraction * len(other))]
+    other = [other[i] for i in np.sort(keep)]
+    atomic_write_text(image_out, "".join(image))
+    atomic_write_text(other_out, "".join(other))
+    return len(image), len(other)
 
 
 def _read_log(out: Path) -> dict:

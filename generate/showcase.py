@@ -26,7 +26,7 @@ def showcase(ckpt: Path, out: Path, *, caption: str = CAPTION, seed: int = 0,
     print(f"checkpoint  {ckpt} ({gen.model.args.num_params() / 1e6:.1f}M parameters) loaded "
           f"in {time.perf_counter() - t0:.1f} s")
     files = []
-    jobs = [("image", Document([TextSegment(f"draw: {caption}")]), 3.0),
+    jobs = [("image", Document([TextSegment(f"draw: {caption}")]), 2.0),
             ("audio", Document([TextSegment(f"say: {caption}")]), 1.0)]
     image = None
     for target, prompt, cfg in jobs:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+from omnitok import OmnitokError
 from omnitok.cli import main
 from omnitok.model.checkpoint import load_checkpoint
 from omnitok.train.logs import read_log
@@ -14,7 +17,8 @@ def test_quick_recipe_writes_every_artefact_and_resumes(tmp_path, capsys):
     argv = ["demo", "train", "--quick", "--out", str(out), "--data", str(data), "--threads", "1"]
     assert main(argv) == 0
     for path in ("tok/text.model", "tok/vocab.json", "tok/image/model.safetensors",
-                 "tok/audio/model.safetensors", "shards/index.json", "val_shards/index.json",
+                 "tok/audio/model.safetensors", "shards_image/index.json", "shards/index.json",
+                 "val_shards/index.json",
                  "run/metrics.csv",
                  "run/curves.png", "eval/eval.json", "eval/contact_sheet.png"):
         assert (out / path).exists(), path
@@ -35,3 +39,39 @@ def test_quick_recipe_writes_every_artefact_and_resumes(tmp_path, capsys):
         > after["image"]["seconds"]
     assert after["train"] == before["train"]
     assert main(["demo", "train", "--stages", "nope"]) == 1
+
+
+def test_split_manifest_keeps_every_image_line_and_a_seeded_share_of_the_rest(tmp_path):
+    from omnitok.demo.recipe import IMAGE_DIRECTIONS, split_manifest
+
+    directions = ["image->text", "text->image", "audio->text", "text->audio", "audio->image",
+                  "image->audio", "audio->image->text"]
+    lines = [json.dumps({"segments": [{"text": f"s{i}"}], "direction": d}) + "\n"
+             for i in range(40) for d in directions]
+    manifest = tmp_path / "train.jsonl"
+    manifest.write_text("".join(lines) + "\n")  # a blank last line is skipped
+    image, other = tmp_path / "image.jsonl", tmp_path / "other.jsonl"
+    assert split_manifest(manifest, image, other, 0.25, seed=3) == (80, 50)
+    image_lines = image.read_text().splitlines(keepends=True)
+    assert image_lines == [x for x in lines if json.loads(x)["direction"] in IMAGE_DIRECTIONS]
+    kept = other.read_text().splitlines(keepends=True)
+    rest = [x for x in lines if json.loads(x)["direction"] not in IMAGE_DIRECTIONS]
+    assert len(set(kept)) == 50 and set(kept) <= set(rest)
+    assert kept == sorted(kept, key=rest.index)  # in the manifest's order
+    split_manifest(manifest, image, tmp_path / "again.jsonl", 0.25, seed=3)
+    assert (tmp_path / "again.jsonl").read_text() == other.read_text()
+    split_manifest(manifest, image, tmp_path / "seed4.jsonl", 0.25, seed=4)
+    assert (tmp_path / "seed4.jsonl").read_text() != other.read_text()
+    manifest.write_text(lines[0] + "not json\n")
+    with pytest.raises(OmnitokError, match=r"train.jsonl:2: not JSON"):
+        split_manifest(manifest, image, other, 0.25, seed=3)
+    assert other.read_text() == (tmp_path / "again.jsonl").read_text()  # left as it was
+
+
+@pytest.mark.parametrize("fraction", ["0", "1.5", "-0.1"])
+def test_other_fraction_out_of_range_is_a_one_line_error(tmp_path, capsys, fraction):
+    argv = ["demo", "train", "--out", str(tmp_path / "run"), "--data", str(tmp_path / "data"),
+            "--other-fraction", fraction, "--stages", "eval"]
+    assert main(argv) == 1
+    assert "--other-fraction" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()
