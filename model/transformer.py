@@ -306,16 +306,22 @@ class Transformer(nn.Module):
         if summary is None:
             if grid is None:
                 raise ValueError("a decode step of a model with image neighbours needs summary")
-            summary = self._summaries(idx, hidden, grid)
+            summary = self._summaries(idx, grid, hidden.dtype, hidden)
         return out + self.image_neighbours[2](hidden) + self.image_summary(summary)
 
-    def _summaries(self, idx: torch.Tensor, hidden: torch.Tensor, grid) -> torch.Tensor:
-        """(B, T, summary_size): each whole image's summary at its <eoi>, 0 elsewhere."""
+    def _summaries(self, idx: torch.Tensor, grid, dtype: torch.dtype,
+                   hidden: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, summary_size): each whole image's summary at its <eoi>, 0 elsewhere. The
+        pool summary pools the reader's units `hidden` (computed here when None); the cnn
+        summary reads the codebook vectors and needs no units."""
         layout = self.args.image_positions
-        if self.image_grid_reader is None:
-            return image_summaries(idx, hidden, layout, grid)
-        return grid_summaries(idx, layout, self.image_codebook, self.image_grid_reader,
-                              hidden.dtype, grid)
+        if self.image_grid_reader is not None:
+            return grid_summaries(idx, layout, self.image_codebook, self.image_grid_reader,
+                                  dtype, grid)
+        if hidden is None:
+            hidden = self._reader_units(idx, grid.positions, grid_neighbours(idx, layout, grid),
+                                        dtype)
+        return image_summaries(idx, hidden, layout, grid)
 
     def _reader_units(self, idx: torch.Tensor, image_pos: torch.Tensor,
                       neighbours: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -331,11 +337,9 @@ class Transformer(nn.Module):
     def image_summary_of(self, segment: torch.Tensor) -> torch.Tensor:
         """(summary_size,) the reader's summary of one image segment (`<boi> h w codes
         <eoi>`, 1-D ids): the `summary` a decode step passes when it feeds that <eoi>."""
-        ids, layout = segment[None], self.args.image_positions
-        grid = locate(ids, layout)
-        hidden = self._reader_units(ids, grid.positions, grid_neighbours(ids, layout, grid),
-                                    self.tok_embeddings.weight.dtype)
-        return self._summaries(ids, hidden, grid)[0, -1]
+        ids = segment[None]
+        grid = locate(ids, self.args.image_positions)
+        return self._summaries(ids, grid, self.tok_embeddings.weight.dtype)[0, -1]
 
     def _positions(self, b: int, t: int, input_pos: torch.Tensor | None,
                    doc_ids: torch.Tensor | None, device: torch.device) -> torch.Tensor:
