@@ -47,6 +47,8 @@ class EvalSettings:
     max_audio_seconds: float = 6.0
     seed: int = 0
     shuffle_image_codes: bool = False
+    rerank: int = 1
+    via_text: bool = False
 
 
 @dataclass
@@ -76,13 +78,22 @@ def generation_settings(kind: str, s: EvalSettings) -> GenerationSettings:
     return GenerationSettings(
         target=kind, max_new_tokens=s.max_text_tokens if kind == "text" else None,
         max_audio_seconds=s.max_audio_seconds, sampling=s.sampling, greedy=s.greedy,
-        cfg_scale=s.cfg_scale if kind != "text" else 1.0, seed=s.seed, batch_size=s.batch_size)
+        cfg_scale=s.cfg_scale if kind != "text" else 1.0, seed=s.seed, batch_size=s.batch_size,
+        rerank=s.rerank if kind != "text" else 1, via_text=s.via_text and kind != "text")
+
+
+def uses_media_reading(direction: str) -> bool:
+    """Directions answered from media alone (audio->image, image->audio): where --via-text
+    applies."""
+    prompt, _, answer = direction.partition("->")
+    return answer != "text" and "text" not in prompt.split("+")
 
 
 def prepare(gen: Generator, direction: str, items: list[EvalItem],
             settings: EvalSettings) -> Prepared:
     """Encode the prompts and check that each fits the model, before any generation."""
     gs = generation_settings(items[0].kind, settings)
+    gs.via_text = gs.via_text and uses_media_reading(direction)
     docs = [gen.tokenizers.document(list(it.prompt)) for it in items]
     if settings.shuffle_image_codes:
         docs = [shuffled_image_codes(doc, settings.seed + it.line) for doc, it in zip(docs, items)]
@@ -110,6 +121,13 @@ def shuffled_image_codes(doc: Document, seed: int) -> Document:
 def generate(gen: Generator, docs: list[Document], settings: GenerationSettings,
              progress: Callable[[int], None]) -> list[Answer]:
     """Answers in order; `progress(n)` is told how many are finished as batches complete."""
+    if settings.rerank > 1 or settings.via_text:  # several passes: whole batches at a time
+        answers: list[Answer] = []
+        for start in range(0, len(docs), settings.batch_size):
+            chunk = docs[start:start + settings.batch_size]
+            answers += gen.generate(chunk, replace(settings, seed=settings.seed + start))
+            progress(len(answers))
+        return answers
     requests: list = []
 
     def opened(batch: list) -> None:
@@ -131,6 +149,10 @@ def run_direction(gen: Generator, job: Prepared, out: Path, judges: dict,
     outcomes, cells = [], []
     for item, answer in zip(job.items, answers):
         outcome, pixels = judge_answer(gen.tokenizers, item, answer.document, judges, out)
+        if answer.via is not None:
+            outcome.extra["via"] = answer.via
+        if answer.score is not None:
+            outcome.extra["read_back"] = round(answer.score, 4)
         outcomes.append(outcome)
         if pixels is not None:
             tag = "[unseen] " if item.split == "heldout-unseen" else ""

@@ -46,7 +46,7 @@ def eval_command(
     greedy: bool = False, sampling: ModalitySampling = EVAL_SAMPLING, cfg_scale: float = 1.0,
     max_text_tokens: int = 32, max_audio_seconds: float = 6.0, seed: int = 0,
     sheet: int = 64, dtype: DType = "auto", device: str = "cpu", quiet: bool = False,
-    shuffle_image_codes: bool = False,
+    shuffle_image_codes: bool = False, rerank: int = 1, via_text: bool = False,
 ) -> None:
     """Score a checkpoint on held-out prompts in every direction with independent judges.
 
@@ -76,10 +76,16 @@ def eval_command(
         shuffle_image_codes: put the codes of every prompt image in a random order (seeded per
             line) before generating: how much the answers depend on where each code is, beyond
             which codes the image holds (a layout probe; the judges' baselines are unchanged).
+        rerank: image and audio answers: draw this many candidates per line and keep the one
+            that the model, reading it back (`write:` + the candidate), finds likeliest to say
+            the prompt's text (the judges never choose).
+        via_text: audio->image and image->audio: the model first writes what the prompt's
+            media say, then draws or speaks from that text (two steps, one model).
     """
     start = time.perf_counter()
     settings = EvalSettings(batch_size, greedy, sampling, cfg_scale,
-                            max_text_tokens, max_audio_seconds, seed, shuffle_image_codes)
+                            max_text_tokens, max_audio_seconds, seed, shuffle_image_codes,
+                            rerank, via_text)
     _check(settings)
     groups = choose_directions(by_direction(read_heldout(data, limit)), directions)
     checkpoint = _load(ckpt, dtype, device)
@@ -103,6 +109,10 @@ def print_report(report: dict, out: Path) -> None:
     n = sum(c["lines"] for c in report["counts"].values())
     shuffled = report["settings"].get("shuffle_image_codes")
     shuffled = ", prompt image codes shuffled" if shuffled else ""
+    if report["settings"].get("rerank", 1) > 1:
+        shuffled += f", media answers best of {report['settings']['rerank']} read back"
+    if report["settings"].get("via_text"):
+        shuffled += ", media->media via text"
     print(f"{report['checkpoint']} on {report['data']}: {n} held-out lines, {report['dtype']}"
           f"{shuffled}")
     print(format_table(report["scores"], report["baselines"]))
@@ -118,6 +128,8 @@ def _check(settings: EvalSettings) -> None:
     if settings.batch_size < 1 or settings.max_text_tokens < 1:
         raise OmnitokError(f"--batch-size and --max-text-tokens must be >= 1, got "
                            f"{settings.batch_size} and {settings.max_text_tokens}")
+    if settings.rerank < 1:
+        raise OmnitokError(f"--rerank must be >= 1, got {settings.rerank}")
     if settings.max_audio_seconds <= 0:
         raise OmnitokError(f"--max-audio-seconds must be > 0, got {settings.max_audio_seconds}")
 

@@ -12,7 +12,12 @@ import torch
 
 from omnitok import OmnitokError, atomic_write_text
 from omnitok.generate.demo import builtin_default, pick_dtype
-from omnitok.generate.generator import Answer, GenerationSettings, Generator
+from omnitok.generate.generator import (
+    Answer,
+    GenerationSettings,
+    Generator,
+    check_reading,
+)
 from omnitok.generate.outputs import AnswerStream, write_answer
 from omnitok.generate.prompts import (
     PromptPart,
@@ -45,7 +50,8 @@ def generate_command(
     sampling: ModalitySampling | None = None, greedy: bool = False, cfg_scale: float = 1.0,
     cfg_interval: list[float] | None = None, negative_prompt: str | None = None, seed: int = 0,
     attn: Literal["sdpa", "triton", "flash"] | None = None, dtype: DType = "auto",
-    device: str = "cpu", compile: bool = False, quiet: bool = False,
+    device: str = "cpu", compile: bool = False, quiet: bool = False, rerank: int = 1,
+    via_text: bool = False, read_instruction: str = "write:",
 ) -> None:
     """Generate text, images and audio from prompts that mix them, with one model.
 
@@ -79,6 +85,15 @@ def generate_command(
         compile: compile the decode step with torch.compile (pays off for long or many
             generations: the first step of each batch shape takes tens of seconds).
         quiet: no progress bar and no text on stdout.
+        rerank: image and audio answers: draw this many candidates per prompt and keep the one
+            that the model, reading it back (--read-instruction + the candidate), finds
+            likeliest to say the prompt's text (its text without a leading "draw:"-style
+            instruction).
+        via_text: a prompt of media (speech -> image, image -> speech): the model first writes
+            what the media say (--read-instruction + the media), then answers the prompt's
+            instruction with that text in place of the media.
+        read_instruction: the text put before media for the model to write what they say
+            (the built-in default was trained with "write:").
     """
     if prompt and prompts is not None:
         raise OmnitokError("give prompt segments or --prompts FILE, not both")
@@ -95,7 +110,12 @@ def generate_command(
         target=to, max_new_tokens=max_new_tokens, max_audio_seconds=max_audio_seconds,
         min_audio_seconds=min_audio_seconds, sampling=sampling or ModalitySampling(),
         greedy=greedy, cfg_scale=cfg_scale, cfg_interval=interval,
-        negative_prompt=text_document(negative_prompt), seed=seed, batch_size=batch_size)
+        negative_prompt=text_document(negative_prompt), seed=seed, batch_size=batch_size,
+        rerank=rerank, via_text=via_text, read_instruction=read_instruction)
+    check_reading(settings)
+    if stream and (rerank > 1 or via_text):
+        raise OmnitokError("--stream follows one answer as it is drawn; --rerank and "
+                           "--via-text pick or build the answer after several passes")
     gen.requests(docs, settings, gen.grammar(settings))  # what cannot run fails before any work
     stems = ["answer"] if len(docs) == 1 else [f"{i:04d}" for i in range(len(docs))]
     if not quiet:
@@ -125,6 +145,12 @@ def _run(gen: Generator, docs, settings: GenerationSettings, output: Path, stems
     """Decode every prompt; with `stream`, follow the single answer as it grows."""
     from rich.progress import Progress, TextColumn, TimeElapsedColumn
 
+    if settings.rerank > 1 or settings.via_text:  # several passes per answer
+        with Progress(TextColumn("{task.description}"), TimeElapsedColumn(), disable=quiet,
+                      transient=True) as bar:
+            bar.add_task(f"generating {len(docs)} answer(s)"
+                         + (f", best of {settings.rerank}" if settings.rerank > 1 else ""))
+            return gen.generate(docs, settings), frozenset()
     requests: list = []
     sinks = ({0: AnswerStream(gen.tokenizers, output, stems[0])}
              if stream and len(docs) == 1 else {})
@@ -165,9 +191,16 @@ def _write_result(output: Path, ckpt: Path, settings: GenerationSettings,
     result = {"checkpoint": str(ckpt), "settings": config, "attention": backend,
               "dtype": str(dtype).removeprefix("torch."), "seconds": round(elapsed, 3),
               "answers": [{"seed": a.seed, "prompt_ids": len(a.prompt_ids),
-                           "ids": len(a.ids), "files": f} for a, f in zip(answers, files)]}
+                           "ids": len(a.ids), "files": f, **_reading(a)}
+                          for a, f in zip(answers, files)]}
     output.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output / "result.json", json.dumps(result, indent=2) + "\n")
+
+
+def _reading(answer: Answer) -> dict:
+    """--via-text's intermediate text and --rerank's reading-back score, where there are."""
+    out = {} if answer.via is None else {"via": answer.via}
+    return out if answer.score is None else {**out, "read_back": round(answer.score, 4)}
 
 
 def _report(answers: list[Answer], files: list[list[dict]], elapsed: float,

@@ -14,13 +14,21 @@ generator seeded with `seed + i`, so its answer does not depend on the batch it 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from omnitok import OmnitokError
 from omnitok.generate.engine import Engine, Guidance, Request
 from omnitok.generate.grammar import Grammar, GrammarError
+from omnitok.generate.rerank import (
+    best_index,
+    prompt_text,
+    read_back_scores,
+    reading_text,
+    transcription_prompt,
+    with_text,
+)
 from omnitok.generate.sampling import ModalitySampling
 from omnitok.model.checkpoint import Checkpoint
 from omnitok.tokenizers.document import Document
@@ -28,6 +36,8 @@ from omnitok.tokenizers.text import TextTokenizer
 from omnitok.tokenizers.vocab import Modality, Vocab
 
 DEFAULT_TEXT_TOKENS = 256
+READ_TOKENS = 64  # --via-text: the longest text written of a prompt's media
+ROUND_SEEDS = 100_003  # --rerank: candidate j of prompt i draws with seed + j * this + i
 
 
 @dataclass
@@ -43,6 +53,9 @@ class GenerationSettings:
     negative_prompt: Document | None = None
     seed: int = 0
     batch_size: int = 8
+    rerank: int = 1  # image/audio: draw this many, keep the one that reads back best
+    via_text: bool = False  # image/audio from media: write what they say, answer from that
+    read_instruction: str = "write:"  # put before a candidate when the model reads it back
 
 
 @dataclass
@@ -51,6 +64,8 @@ class Answer:
     ids: list[int]  # the answer: opening ids + generated ids (a trailing <eos> dropped)
     document: Document
     seed: int
+    via: str | None = None  # --via-text: what the model wrote of the prompt's media
+    score: float | None = None  # --rerank: the reading-back log-likelihood of the kept one
 
 
 def text_allowed(vocab: Vocab, text: TextTokenizer | None) -> torch.Tensor:
@@ -65,6 +80,16 @@ def text_allowed(vocab: Vocab, text: TextTokenizer | None) -> torch.Tensor:
         mask[r.start + i] = not (piece.startswith("<") and piece.endswith(">")
                                  and not piece.startswith("<0x"))
     return mask
+
+
+def check_reading(settings: GenerationSettings) -> None:
+    """--rerank and --via-text apply to image and audio answers only."""
+    if settings.rerank < 1:
+        raise OmnitokError(f"--rerank must be >= 1, got {settings.rerank}")
+    for name, on in (("--rerank", settings.rerank > 1), ("--via-text", settings.via_text)):
+        if on and settings.target not in ("image", "audio"):
+            raise OmnitokError(f"{name} applies to image and audio answers: use --to image "
+                               f"or --to audio (got --to {settings.target})")
 
 
 class Generator:
@@ -174,7 +199,12 @@ class Generator:
                     yield start + i, token
 
     def generate(self, prompts: Sequence[Document], settings: GenerationSettings) -> list[Answer]:
-        """One answer per prompt."""
+        """One answer per prompt (the best of `settings.rerank`, via text where asked)."""
+        check_reading(settings)
+        if settings.via_text:
+            return self._via_text(prompts, settings)
+        if settings.rerank > 1:
+            return self._best_of(prompts, settings)
         requests: list[Request] = []
         for _ in self.stream(prompts, settings, requests.extend):
             pass
@@ -202,6 +232,50 @@ class Generator:
             yield from events
             events.clear()
         yield "done", self.answer(requests[0])
+
+    def _best_of(self, prompts: Sequence[Document], settings: GenerationSettings,
+                 texts: Sequence[str] | None = None) -> list[Answer]:
+        """`rerank` candidates per prompt (candidate j of prompt i draws with seed
+        `seed + j * ROUND_SEEDS + i`: candidate 0 is the plain answer); the one whose reading
+        back gives `texts[i]` (default: the prompt's reading text) the highest likelihood."""
+        texts = list(texts) if texts is not None else [reading_text(p) for p in prompts]
+        for i, text in enumerate(texts):
+            if not text:
+                raise OmnitokError(f"--rerank reads answers back against the prompt's text, "
+                                   f"and prompt {i} has none beyond an instruction (add "
+                                   f"--via-text for a prompt of media)")
+        n = settings.rerank
+        pool = [a for j in range(n) for a in self.generate(
+            prompts, replace(settings, rerank=1, seed=settings.seed + j * ROUND_SEEDS))]
+        scores = self.read_back([a.document for a in pool], texts * n, settings)
+        best = [replace(pool[k], score=scores[k]) for k in best_index(scores, len(prompts), n)]
+        return best
+
+    def read_back(self, answers: Sequence[Document], texts: Sequence[str],
+                  settings: GenerationSettings) -> list[float]:
+        """log p(text | the reading instruction + the answer's media) for each answer."""
+        return read_back_scores(self.model, self.codec, answers, texts,
+                                settings.read_instruction, settings.batch_size)
+
+    def _via_text(self, prompts: Sequence[Document], settings: GenerationSettings
+                  ) -> list[Answer]:
+        """Write what each prompt's media say (greedy), then answer the prompt's instruction
+        with that text in place of the media."""
+        asks = [transcription_prompt(p, settings.read_instruction) for p in prompts]
+        missing = [i for i, a in enumerate(asks) if a is None]
+        if missing:
+            raise OmnitokError(f"--via-text writes what a prompt's media say, and prompt "
+                               f"{missing[0]} has no image or audio")
+        read = replace(settings, target="text", greedy=True, cfg_scale=1.0, rerank=1,
+                       via_text=False, max_new_tokens=READ_TOKENS)
+        heard = [prompt_text(a.document) for a in self.generate(asks, read)]
+        for i, text in enumerate(heard):
+            if not text:
+                raise OmnitokError(f"--via-text: the model wrote nothing for prompt {i}'s "
+                                   f"media")
+        chained = [with_text(p, text) for p, text in zip(prompts, heard)]
+        answers = self.generate(chained, replace(settings, via_text=False))
+        return [replace(a, via=text) for a, text in zip(answers, heard)]
 
     def answer(self, request: Request) -> Answer:
         opening = request.state.history[:len(request.state.history) - len(request.tokens)]

@@ -319,3 +319,27 @@ def test_eval_shuffles_prompt_images_only_when_asked(world, ckpt, tmp_path, caps
           "--quiet"])
     assert "prompt image codes shuffled" in capsys.readouterr().out
     assert json.loads((tmp_path / "eval.json").read_text())["settings"]["shuffle_image_codes"]
+
+
+def test_via_text_applies_to_answers_from_media_alone():
+    from omnitok.demo.eval_run import uses_media_reading
+
+    assert uses_media_reading("audio->image") and uses_media_reading("image->audio")
+    for direction in ("text->image", "audio+text->image", "image+text->audio", "audio->text",
+                      "audio+image->text"):
+        assert not uses_media_reading(direction), direction
+
+
+def test_eval_reads_answers_back_when_asked(world, ckpt, tmp_path, capsys):
+    main(["eval", str(ckpt), "--data", str(world / "heldout.jsonl"), "--out", str(tmp_path),
+          "--directions", "text->image", "audio->image", "--rerank", "2", "--via-text",
+          "--max-text-tokens", "6", "--quiet", "--sheet", "0"])
+    assert "best of 2 read back, media->media via text" in capsys.readouterr().out
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert report["settings"]["rerank"] == 2 and report["settings"]["via_text"]
+    items = report["items"]
+    assert items and all("read_back" in it["extra"] for it in items)
+    assert all(("via" in it["extra"]) == (it["direction"] == "audio->image") for it in items)
+    assert main(["eval", str(ckpt), "--data", str(world / "heldout.jsonl"), "--out",
+                 str(tmp_path / "bad"), "--rerank", "0"]) == 1
+    assert "--rerank must be >= 1" in capsys.readouterr().err

@@ -177,3 +177,20 @@ def test_demo_with_a_checkpoint_answers_in_every_modality(capsys, any_ckpt, tmp_
     assert names == ["audio_0.wav", "caption_0.txt", "image_0.png"]
     assert Image.open(tmp_path / "image_0.png").size == (16, 16)
     assert "caption" in out and str(tmp_path / "caption_0.txt") in out
+
+
+def test_rerank_and_via_text_from_the_command_line(capsys, any_ckpt, media, tmp_path):
+    code, _, err = run(capsys, "generate", any_ckpt, "--text", "draw:", "--image",
+                       media / "in.png", "--to", "image", "--rerank", "2", "--via-text",
+                       "-o", tmp_path)
+    assert code == 0, err
+    [answer] = json.loads((tmp_path / "result.json").read_text())["answers"]
+    assert isinstance(answer["via"], str) and isinstance(answer["read_back"], float)
+    assert Image.open(tmp_path / "answer_0.png").size == (16, 16)
+    code, _, err = run(capsys, "generate", any_ckpt, "--text", "draw: a", "--to", "text",
+                       "--rerank", "2", "-o", tmp_path / "t")
+    one_line_error(code, err, "--rerank applies to image and audio answers")
+    code, _, err = run(capsys, "generate", any_ckpt, "--text", "draw: a", "--to", "image",
+                       "--rerank", "2", "--stream", "-o", tmp_path / "s")
+    one_line_error(code, err, "--stream follows one answer")
+    assert not (tmp_path / "t").exists() and not (tmp_path / "s").exists()
