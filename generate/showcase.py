@@ -2,7 +2,8 @@
 
 From one built-in caption it draws the image (`draw: <caption>`), speaks the caption
 (`say: <caption>`), then captions its own image (`write:` + the image): text -> image,
-text -> audio and image -> text with one model, written as PNG, WAV and TXT.
+text -> audio and image -> text with one model, written as PNG, WAV and TXT. The image and
+the speech are each the best of RERANK candidates, as the model reads them back (`--rerank`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from omnitok.model.checkpoint import load_checkpoint
 from omnitok.tokenizers.document import Document, ImageSegment, TextSegment
 
 CAPTION = "a red circle on a blue background"
+RERANK = 8
 
 
 def showcase(ckpt: Path, out: Path, *, caption: str = CAPTION, seed: int = 0,
@@ -46,7 +48,8 @@ def showcase(ckpt: Path, out: Path, *, caption: str = CAPTION, seed: int = 0,
 
 def _answer(gen: Generator, prompt: Document, target: str, cfg: float, seed: int):
     settings = GenerationSettings(target=target, cfg_scale=cfg, seed=seed, max_new_tokens=None
-                                  if target != "text" else 32, max_audio_seconds=6.0)
+                                  if target != "text" else 32, max_audio_seconds=6.0,
+                                  rerank=RERANK if target != "text" else 1)
     if target == "text":
         settings.greedy = True
     t0 = time.perf_counter()
