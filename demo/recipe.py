@@ -21,10 +21,8 @@ preset, minutes instead of an hour.
 The image directions get most of the training: shapes are read and drawn only after one to
 two passes over their documents (README, "Shapes are learned late"), while speech is read
 within a fraction of a pass. So every image->text and text->image document is tokenized,
-but of the other directions only the documents of a seeded `other_fraction` of the samples
-(whole samples: their documents share one speech clip, so few clips are encoded), plus the
-text->audio documents of a further `speech_fraction` (speaking is the slowest skill of the
-rest), and the model trains on both (`--data shards_image --mix shards:1`). It trains in bfloat16 where the CPU has native
+but only `other_fraction` of the other directions' documents, and the model trains on both
+(`--data shards_image --mix shards:1`). It trains in bfloat16 where the CPU has native
 support (`omnitok.native_bf16`), float32 elsewhere (about half as fast).
 """
 
@@ -54,10 +52,9 @@ class RecipeSettings:
     audio_levels: int = 2
     audio_steps: int = 1000
     preset: str = "tiny"
-    other_fraction: float = 0.125  # of the samples: their documents in the other directions
-    speech_fraction: float = 0.125  # of the samples: their text->audio documents besides
+    other_fraction: float = 0.125  # of the documents in the other directions
     image_summary: str = "cnn"  # --image-neighbours --image-summary
-    train_steps: int = 2500
+    train_steps: int = 2600
     batch_size: int = 8
     seq_len: int = 1024
     lr: float = 2e-3
@@ -68,14 +65,13 @@ class RecipeSettings:
     @classmethod
     def quick(cls) -> RecipeSettings:
         return cls(n_train=24, n_heldout=8, text_vocab=300, image_steps=4, audio_steps=4,
-                   preset="debug", other_fraction=0.5, speech_fraction=0.25, train_steps=6,
-                   batch_size=2, seq_len=1024, warmup_steps=2, eval_limit=1)
+                   preset="debug", other_fraction=0.5, train_steps=6, batch_size=2, seq_len=1024,
+                   warmup_steps=2, eval_limit=1)
 
 
 def demo_train(*, out: Path = Path("runs/demo"), data: Path = Path("data/demo"),
                quick: bool = False, stages: list[str] = STAGES, preset: str | None = None,
                train_steps: int | None = None, other_fraction: float | None = None,
-               speech_fraction: float | None = None,
                threads: int | None = None, seed: int = 0) -> None:
     """Run the recipe of the built-in default: data, tokenizers, shards, training, eval.
 
@@ -87,10 +83,8 @@ def demo_train(*, out: Path = Path("runs/demo"), data: Path = Path("data/demo"),
             tokenize train eval.
         preset: model preset (default: tiny; debug with --quick).
         train_steps: optimizer steps of the model.
-        other_fraction: share of the samples whose documents in directions other than
-            image->text and text->image the model trains on (0 < F <= 1; default 0.125).
-        speech_fraction: share of further samples whose text->audio documents it trains on
-            as well (0 <= S <= 1 - F; default 0.125).
+        other_fraction: share of the documents in directions other than image->text and
+            text->image that the model trains on (0 < F <= 1; default 0.125).
         threads: CPU threads for training (default: torch's).
         seed: seed of every stage.
     """
@@ -103,11 +97,6 @@ def demo_train(*, out: Path = Path("runs/demo"), data: Path = Path("data/demo"),
         if not 0 < other_fraction <= 1:
             raise OmnitokError(f"--other-fraction {other_fraction:g}: expected 0 < F <= 1")
         s.other_fraction = other_fraction
-    if speech_fraction is not None:
-        s.speech_fraction = speech_fraction
-    if not 0 <= s.speech_fraction <= 1 - s.other_fraction:
-        raise OmnitokError(f"--speech-fraction {s.speech_fraction:g}: expected 0 <= S <= "
-                           f"{1 - s.other_fraction:g} (1 - --other-fraction)")
     out.mkdir(parents=True, exist_ok=True)
     runners = _stages(out, data, s, threads, seed)
     log = _read_log(out)
@@ -130,8 +119,7 @@ def _stages(out: Path, data: Path, s: RecipeSettings, threads: int | None,
             seed: int) -> dict[str, Callable[[], None]]:
     tok, manifest = out / "tok", data / "train.jsonl"
     image_manifest = data / "train_image.jsonl"
-    shares = f"{s.other_fraction:g}_{s.speech_fraction:g}_{seed}"
-    other_manifest = data / f"train_other_{shares}.jsonl"
+    other_manifest = data / f"train_other_{s.other_fraction:g}_{seed}.jsonl"
 
     def text() -> None:
         from omnitok.tokenizers.commands import train_text
@@ -166,8 +154,7 @@ def _stages(out: Path, data: Path, s: RecipeSettings, threads: int | None,
         bundle = TokenizerBundle.load(tok)
         if not (tok / "vocab.json").exists():
             bundle.vocab.save(tok / "vocab.json")
-        split_manifest(manifest, image_manifest, other_manifest, s.other_fraction, seed,
-                       s.speech_fraction)
+        split_manifest(manifest, image_manifest, other_manifest, s.other_fraction, seed)
         tokenize_command(image_manifest, tokenizer=tok, out=out / "shards_image", workers=2)
         tokenize_command(other_manifest, tokenizer=tok, out=out / "shards", workers=2)
         tokenize_command(data / "heldout.jsonl", tokenizer=tok, out=out / "val_shards",
@@ -200,16 +187,13 @@ def _stages(out: Path, data: Path, s: RecipeSettings, threads: int | None,
 
 
 def split_manifest(manifest: Path, image_out: Path, other_out: Path, fraction: float,
-                   seed: int, speech_fraction: float = 0.0) -> tuple[int, int]:
-    """Write the image->text and text->image lines of `manifest` to `image_out`, and to
-    `other_out` (in the manifest's order) the other lines of a seeded `fraction` of its samples
-    plus the text->audio lines of a further `speech_fraction` of them; both beside
-    `manifest`, whose media paths are relative to it. A sample is a line's `sample` (a line
-    without one is a sample of its own): keeping whole samples keeps the speech clips to
-    encode few, since a sample's documents share one clip. Returns the two line counts."""
+                   seed: int) -> tuple[int, int]:
+    """Write the image->text and text->image lines of `manifest` to `image_out`, and a seeded
+    `fraction` of its other lines (in their order) to `other_out`; both beside `manifest`,
+    whose media paths are relative to it. Returns the two line counts."""
     import numpy as np
 
-    image, rest = [], []  # rest: (sample, direction, line)
+    image, other = [], []
     with manifest.open(encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
@@ -218,18 +202,10 @@ def split_manifest(manifest: Path, image_out: Path, other_out: Path, fraction: f
                 doc = json.loads(line)
             except ValueError:
                 raise OmnitokError(f"{manifest}:{number}: not JSON") from None
-            doc = doc if isinstance(doc, dict) else {}
-            direction = doc.get("direction")
-            if direction in IMAGE_DIRECTIONS:
-                image.append(line)
-            else:
-                rest.append((str(doc.get("sample", f"line {number}")), direction, line))
-    samples = list(dict.fromkeys(sample for sample, _, _ in rest))
-    order = [samples[i] for i in np.random.default_rng(seed).permutation(len(samples))]
-    n_all, n_speech = round(fraction * len(samples)), round(speech_fraction * len(samples))
-    every, speech = set(order[:n_all]), set(order[n_all:n_all + n_speech])
-    other = [line for sample, direction, line in rest
-             if sample in every or (sample in speech and direction == "text->audio")]
+            direction = doc.get("direction") if isinstance(doc, dict) else None
+            (image if direction in IMAGE_DIRECTIONS else other).append(line)
+    keep = np.random.default_rng(seed).permutation(len(other))[:round(fraction * len(other))]
+    other = [other[i] for i in np.sort(keep)]
     atomic_write_text(image_out, "".join(image))
     atomic_write_text(other_out, "".join(other))
     return len(image), len(other)

@@ -41,31 +41,26 @@ def test_quick_recipe_writes_every_artefact_and_resumes(tmp_path, capsys):
     assert main(["demo", "train", "--stages", "nope"]) == 1
 
 
-def test_split_manifest_keeps_every_image_line_and_whole_samples_of_the_rest(tmp_path):
+def test_split_manifest_keeps_every_image_line_and_a_seeded_share_of_the_rest(tmp_path):
     from omnitok.demo.recipe import IMAGE_DIRECTIONS, split_manifest
 
     directions = ["image->text", "text->image", "audio->text", "text->audio", "audio->image",
                   "image->audio", "audio->image->text"]
-    lines = [json.dumps({"segments": [{"text": f"s{i}"}], "direction": d, "sample": f"s{i}"})
-             + "\n" for i in range(40) for d in directions]
+    lines = [json.dumps({"segments": [{"text": f"s{i}"}], "direction": d}) + "\n"
+             for i in range(40) for d in directions]
     manifest = tmp_path / "train.jsonl"
     manifest.write_text("".join(lines) + "\n")  # a blank last line is skipped
     image, other = tmp_path / "image.jsonl", tmp_path / "other.jsonl"
-    assert split_manifest(manifest, image, other, 0.25, seed=3, speech_fraction=0.1) == (80, 54)
+    assert split_manifest(manifest, image, other, 0.25, seed=3) == (80, 50)
     image_lines = image.read_text().splitlines(keepends=True)
     assert image_lines == [x for x in lines if json.loads(x)["direction"] in IMAGE_DIRECTIONS]
-    kept = [json.loads(x) for x in other.read_text().splitlines()]
-    rest = [json.loads(x) for x in lines if json.loads(x)["direction"] not in IMAGE_DIRECTIONS]
-    assert kept == sorted(kept, key=rest.index)  # in the manifest's order, no repeats
-    whole = {d["sample"] for d in kept if d["direction"] != "text->audio"}
-    assert len(whole) == 10  # a quarter of the 40 samples, with all 5 of their documents
-    assert all(sum(d["sample"] == x for d in kept) == 5 for x in whole)
-    speech = [d["sample"] for d in kept if d["sample"] not in whole]
-    assert len(speech) == 4 and not set(speech) & whole  # text->audio of 4 more samples
-    assert all(d["direction"] == "text->audio" for d in kept if d["sample"] in speech)
-    split_manifest(manifest, image, tmp_path / "again.jsonl", 0.25, seed=3, speech_fraction=0.1)
+    kept = other.read_text().splitlines(keepends=True)
+    rest = [x for x in lines if json.loads(x)["direction"] not in IMAGE_DIRECTIONS]
+    assert len(set(kept)) == 50 and set(kept) <= set(rest)
+    assert kept == sorted(kept, key=rest.index)  # in the manifest's order
+    split_manifest(manifest, image, tmp_path / "again.jsonl", 0.25, seed=3)
     assert (tmp_path / "again.jsonl").read_text() == other.read_text()
-    split_manifest(manifest, image, tmp_path / "seed4.jsonl", 0.25, seed=4, speech_fraction=0.1)
+    split_manifest(manifest, image, tmp_path / "seed4.jsonl", 0.25, seed=4)
     assert (tmp_path / "seed4.jsonl").read_text() != other.read_text()
     manifest.write_text(lines[0] + "not json\n")
     with pytest.raises(OmnitokError, match=r"train.jsonl:2: not JSON"):
@@ -79,15 +74,4 @@ def test_other_fraction_out_of_range_is_a_one_line_error(tmp_path, capsys, fract
             "--other-fraction", fraction, "--stages", "eval"]
     assert main(argv) == 1
     assert "--other-fraction" in capsys.readouterr().err
-    assert not (tmp_path / "data").exists()
-
-
-@pytest.mark.parametrize("fractions", [("0.5", "0.6"), ("0.125", "-0.1")])
-def test_speech_fraction_out_of_range_is_a_one_line_error(tmp_path, capsys, fractions):
-    argv = ["demo", "train", "--out", str(tmp_path / "run"), "--data", str(tmp_path / "data"),
-            "--other-fraction", fractions[0], "--speech-fraction", fractions[1],
-            "--stages", "eval"]
-    assert main(argv) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--speech-fraction" in err[0]
     assert not (tmp_path / "data").exists()
