@@ -233,12 +233,12 @@ class Generator:
             events.clear()
         yield "done", self.answer(requests[0])
 
-    def _best_of(self, prompts: Sequence[Document], settings: GenerationSettings,
-                 texts: Sequence[str] | None = None) -> list[Answer]:
+    def _best_of(self, prompts: Sequence[Document], settings: GenerationSettings
+                 ) -> list[Answer]:
         """`rerank` candidates per prompt (candidate j of prompt i draws with seed
         `seed + j * ROUND_SEEDS + i`: candidate 0 is the plain answer); the one whose reading
-        back gives `texts[i]` (default: the prompt's reading text) the highest likelihood."""
-        texts = list(texts) if texts is not None else [reading_text(p) for p in prompts]
+        back gives the prompt's reading text the highest likelihood."""
+        texts = [reading_text(p) for p in prompts]
         for i, text in enumerate(texts):
             if not text:
                 raise OmnitokError(f"--rerank reads answers back against the prompt's text, "
@@ -248,8 +248,7 @@ class Generator:
         pool = [a for j in range(n) for a in self.generate(
             prompts, replace(settings, rerank=1, seed=settings.seed + j * ROUND_SEEDS))]
         scores = self.read_back([a.document for a in pool], texts * n, settings)
-        best = [replace(pool[k], score=scores[k]) for k in best_index(scores, len(prompts), n)]
-        return best
+        return [replace(pool[k], score=scores[k]) for k in best_index(scores, len(prompts), n)]
 
     def read_back(self, answers: Sequence[Document], texts: Sequence[str],
                   settings: GenerationSettings) -> list[float]:

@@ -82,8 +82,9 @@ def read_back_scores(model, codec: DocumentCodec, answers: Sequence[Document],
         media = media_of(answer)
         if media is None:
             continue
-        start = len(codec.encode(Document([TextSegment(instruction), media]), eos=False))
-        ids = codec.encode(Document([TextSegment(instruction), media, TextSegment(text)]))
+        ids = codec.encode(Document([TextSegment(instruction), media]), eos=False)
+        start = len(ids)
+        ids += codec.encode(Document([TextSegment(text)]), bos=False)
         rows.append((i, ids, start))
     pad = codec.vocab.special("<pad>")
     device = next(model.parameters()).device
@@ -93,10 +94,11 @@ def read_back_scores(model, codec: DocumentCodec, answers: Sequence[Document],
         x = torch.full((len(chunk), width), pad, dtype=torch.long)
         for r, (_, ids, _) in enumerate(chunk):
             x[r, :len(ids)] = torch.tensor(ids)  # padding after: causal, never attended to
-        logp = torch.log_softmax(model(x[:, :-1].to(device)).float(), dim=-1).cpu()
-        for r, (i, ids, start) in enumerate(chunk):
+        logits = model(x[:, :-1].to(device)).cpu()
+        for r, (i, ids, start) in enumerate(chunk):  # only the text's positions
+            logp = torch.log_softmax(logits[r, start - 1:len(ids) - 1].float(), dim=-1)
             target = torch.tensor(ids[start:])
-            scores[i] = logp[r, torch.arange(start - 1, len(ids) - 1), target].sum().item()
+            scores[i] = logp[torch.arange(len(target)), target].sum().item()
     return scores
 
 
