@@ -98,6 +98,8 @@ COMMANDS: dict = {
                     "Time the attention backends (TFLOP/s); on CPU only correctness applies."),
         "packed": ("omnitok.kernels.bench:bench_packed_attention",
                    "Packed-document attention (sdpa): chunked path vs one dense-mask call."),
+        "loss": ("omnitok.train.bench:bench_loss",
+                 "Training loss on bf16 logits: blockwise vs a float32 copy (fwd + bwd)."),
     },
     "model": {
         "_help": "Create and inspect checkpoints.",

@@ -222,3 +222,52 @@ def bench_train_command(*, model: str = "small", batch_size: int = 1, seq_len: i
         print(row.line())
     if json is not None:
         write_report(json, {"info": info, "train": [asdict(r) for r in rows]})
+
+
+def bench_loss(*, tokens: int = 8192, vocab: int = 3648, repeats: int = 5, device: str = "cpu",
+               threads: int | None = None, seed: int = 0) -> int:
+    """The training loss on bf16 logits (autocast's output), forward + backward, side by side:
+    the blockwise cross-entropy `omnitok train` uses against `F.cross_entropy` on a float32
+    copy of the logits. The defaults are the demo recipe's step (8 x 1024 tokens, its vocabulary).
+
+    Args:
+        tokens: rows of logits (batch x sequence length).
+        vocab: columns (the padded vocabulary).
+        repeats: timed calls per path (after one warm-up call).
+        device: cpu or cuda.
+        threads: CPU threads (default: torch's).
+        seed: seed of the logits and targets.
+    """
+    import torch.nn.functional as F
+
+    from omnitok.bench import time_call
+    from omnitok.model.loss import cross_entropy_lse
+
+    if threads:
+        torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(tokens, vocab, generator=g) * 3).bfloat16().to(device)
+    logits.requires_grad_(True)
+    target = torch.randint(0, vocab, (tokens,), generator=g).to(device)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    paths = {"float32 copy": lambda: F.cross_entropy(logits.float(), target, reduction="none"),
+             "blockwise": lambda: cross_entropy_lse(logits, target)[0]}
+    grads = {}
+    for name, loss in paths.items():
+        loss().sum().backward()
+        grads[name], logits.grad = logits.grad.double(), None
+    diff = (grads["blockwise"] - grads["float32 copy"]).norm() / grads["float32 copy"].norm()
+    print(f"loss fwd+bwd on {device}: {tokens} x {vocab} bf16 logits; gradients differ by "
+          f"{float(diff):.1e} (relative)")
+
+    def fwd_bwd(loss) -> None:
+        loss().sum().backward()
+        logits.grad = None
+        sync()
+
+    times = {name: time_call(lambda fn=fn: fwd_bwd(fn), repeats) for name, fn in paths.items()}
+    for name, t in times.items():
+        print(f"  {name:>12} {t.median * 1e3:8.1f} ms [{t.low * 1e3:.0f}-{t.high * 1e3:.0f}]")
+    ratio = times["float32 copy"].median / times["blockwise"].median
+    print(f"  blockwise / float32 copy: {ratio:.2f}x faster")
+    return 0

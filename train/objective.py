@@ -15,9 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from omnitok.model.loss import IGNORE
+from omnitok.model.loss import IGNORE, cross_entropy_lse
 from omnitok.tokenizers.vocab import Modality, Vocab
 
 GROUPS = ("text", "image", "audio", "special")  # modality of a target, for the statistics
@@ -49,15 +48,15 @@ def objective(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor
     float (0 where IGNORE); groups: (V,) from `group_table`. normalizer: the weight sum to
     divide by (default: this batch's).
     """
-    flat = logits.float().flatten(0, 1)  # (N, V)
+    flat = logits.flatten(0, 1)  # (N, V), in the logits' dtype: the loss is float32 anyway
     target, w = targets.flatten(), weights.flatten().float()
     valid = target != IGNORE
     safe = target.clamp(min=0)
-    # torch's fused log-softmax + NLL (forward and backward in one pass over the logits)
-    ce = F.cross_entropy(flat, safe, reduction="none") * valid  # (N,)
+    ce, lse = cross_entropy_lse(flat, safe)
+    ce = ce * valid  # (N,)
     per_token = ce
     if z_loss:
-        per_token = ce + z_loss * torch.logsumexp(flat, dim=-1).square() * valid
+        per_token = ce + z_loss * lse.square() * valid
     weighted = (per_token * w).sum()
     denom = w.sum() if normalizer is None else normalizer
     loss = weighted / torch.as_tensor(denom, dtype=torch.float32).clamp(min=1e-8)
