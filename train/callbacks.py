@@ -1,6 +1,7 @@
 """What happens between optimizer steps: metrics (CSV, TensorBoard, progress bar), the
 held-out loss every --val-every steps (train/validation.py), training checkpoints every N
-steps and at the end, and the PNG of the loss curves.
+steps and at the end, and the PNG of the loss curves. A loss that is not finite stops the run
+before anything is saved from it (`DivergedError`): the checkpoints already written stay.
 
 Lightning calls `on_train_batch_end` after every micro-batch; an optimizer step has finished
 when `trainer.global_step` moved. Gathering weights and metrics are collective operations, so
@@ -9,12 +10,14 @@ every rank takes part; only rank 0 writes files.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
 
+from omnitok import OmnitokError
 from omnitok.model.config import ModelArgs
 from omnitok.tokenizers.bundle import TokenizerBundle
 from omnitok.train.config import TrainConfig
@@ -26,6 +29,10 @@ from omnitok.train.state import TrainState, save_train_checkpoint
 from omnitok.train.validation import Validator
 
 CURVES = "curves.png"
+
+
+class DivergedError(OmnitokError):
+    """The training loss is not finite (nan or inf)."""
 
 
 class Recorder(pl.Callback):
@@ -66,7 +73,10 @@ class Recorder(pl.Callback):
         self._pending_tokens += tokens
         self._pending_seconds += now - self._tick
         self._tick = now
-        module.log("loss", summarize(stats)["loss"], prog_bar=True, logger=False)
+        loss = summarize(stats)["loss"]
+        if not math.isfinite(loss):
+            self._diverged(trainer, module, loss)
+        module.log("loss", loss, prog_bar=True, logger=False)
         step, c = self.state.step, self.config
         save = step % c.checkpoint_every == 0
         validate = self.validator is not None and (step % c.val_every == 0
@@ -90,6 +100,17 @@ class Recorder(pl.Callback):
             rows = read_log(self.run / METRICS)
             title = f"{self.run.name}: {self.args.num_params() / 1e6:.2f}M parameters"
             plot_curves(rows, self.run / CURVES, title)
+
+    def _diverged(self, trainer: pl.Trainer, module: pl.LightningModule, loss: float) -> None:
+        """Record the step and stop: nothing of this run's weights after it is saved."""
+        self._log_row(trainer, module)
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        where = f"step {self._saved}, {self.run / 'last'}" if self._saved else "none yet"
+        hint = "train without --compile, or " if self.config.compile else ""
+        raise DivergedError(f"the training loss is {loss} at step {self.state.step}: stopped "
+                            f"without saving (last checkpoint: {where}); {hint}lower --lr")
 
     def _log_row(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         metrics = summarize(self._pending)

@@ -229,3 +229,19 @@ def test_compiled_model_follows_the_eager_curve(train_data, baseline, tmp_path, 
     eager = losses(baseline)
     for step, loss in losses(out).items():
         assert abs(loss - eager[step]) <= 1e-4 * eager[step], (step, loss, eager[step])
+
+
+def test_a_diverging_run_stops_with_one_line_and_keeps_its_checkpoints(train_data, tmp_path,
+                                                                        capsys, train_argv):
+    out = tmp_path / "diverged"
+    argv = train_argv(train_data, out, "--warmup-steps", "0", "--checkpoint-every", "1",
+                      "--grad-clip", "0", lr=1e30, steps=6)
+    err = one_line_error(argv, capsys)
+    assert "the training loss is" in err and "stopped without saving" in err, err
+    step = int(err.split(" at step ")[1].split(":")[0])
+    assert step >= 2, err  # the first step's loss, before any update, is finite
+    assert f"last checkpoint: step {step - 1}" in err, err
+    load_checkpoint(out / "last")  # the last checkpoint is whole and loads
+    assert json.loads((out / "last" / "trainer.json").read_text())["step"] == step - 1
+    rows = read_log(out / "metrics.csv")
+    assert [int(r["step"]) for r in rows] == list(range(1, step + 1))
