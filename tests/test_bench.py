@@ -57,3 +57,13 @@ def test_bench_train_json(tmp_path, capsys):
         s = r["step_s"]
         assert r["tokens_per_s"] > 0 and r["peak_mb"] > 0 and s["low"] <= s["median"] <= s["high"]
     assert main(["bench", "train", "--precision", "fp8"]) == 1
+
+
+def test_bench_loss_compares_gradients_and_times(capsys):
+    assert main(["bench", "loss", "--tokens", "300", "--vocab", "257", "--repeats", "1"]) == 0
+    printed = capsys.readouterr().out
+    diff = float(printed.split("gradients differ by ")[1].split()[0])
+    assert diff < 1e-3, printed  # the blockwise loss's gradient is the float32 one
+    for name in ("float32 copy", "blockwise"):
+        assert float(printed.split(name)[1].split("ms")[0]) > 0, printed
+    assert "x faster" in printed
