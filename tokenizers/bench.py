@@ -14,6 +14,7 @@ import torch
 
 from omnitok.bench import time_call
 from omnitok.tokenizers.audio import AudioTokenizer, AudioTokenizerConfig
+from omnitok.tokenizers.audio_codecs import set_elu
 from omnitok.tokenizers.bundle import TokenizerBundle
 from omnitok.tokenizers.image import ImageTokenizer, ImageTokenizerConfig
 
@@ -45,22 +46,34 @@ def bench_tokenizer_rows(tok: Path | None = None, *, repeats: int = 5, images: i
                          "seconds": asdict(t), "rate": images / t.median,
                          "unit": "images/s"})
     if audio_tok is not None:
-        wav = 0.1 * torch.randn(audio_tok.channels, round(audio_seconds * audio_tok.sample_rate))
-        codes = audio_tok.encode_long(wav)
-        for direction, fn in (("encode", lambda: audio_tok.encode_long(wav)),
-                              ("decode", lambda: audio_tok.decode_long(codes))):
-            t = time_call(fn, repeats)
-            rows.append({"what": f"audio {audio_tok.sample_rate // 1000} kHz",
-                         "direction": direction, "seconds": asdict(t),
-                         "rate": audio_seconds / t.median, "unit": "x real time"})
+        rows += _audio_rows(audio_tok, repeats, audio_seconds)
+    return rows
+
+
+def _audio_rows(tok: AudioTokenizer, repeats: int, seconds: float) -> list[dict]:
+    """Encode and decode real-time factors, then the same with torch's `nn.ELU` (baseline)."""
+    wav = 0.1 * torch.randn(tok.channels, round(seconds * tok.sample_rate))
+    codes = tok.encode_long(wav)
+    rows = []
+    try:
+        for label, fast in (("", True), (" nn.ELU", False)):
+            set_elu(tok, fast)
+            for direction, fn in (("encode", lambda: tok.encode_long(wav)),
+                                  ("decode", lambda: tok.decode_long(codes))):
+                took = time_call(fn, repeats)
+                rows.append({"what": f"audio {tok.sample_rate // 1000} kHz{label}",
+                             "direction": direction, "seconds": asdict(took),
+                             "rate": seconds / took.median, "unit": "x real time"})
+    finally:
+        set_elu(tok, True)
     return rows
 
 
 def print_tokenizer_rows(rows: list[dict]) -> None:
-    print(f"{'tokenizer':<16}{'direction':<10}{'rate':>12}  {'unit':<12}{'spread (s)':>16}")
+    print(f"{'tokenizer':<24}{'direction':<10}{'rate':>12}  {'unit':<12}{'spread (s)':>16}")
     for r in rows:
         s = r["seconds"]
-        print(f"{r['what']:<16}{r['direction']:<10}{r['rate']:>12.1f}  {r['unit']:<12}"
+        print(f"{r['what']:<24}{r['direction']:<10}{r['rate']:>12.1f}  {r['unit']:<12}"
               f"{s['low']:>8.3f}-{s['high']:.3f}")
 
 

@@ -20,7 +20,13 @@ from omnitok.tokenizers.audio import (
     load_audio,
     save_audio,
 )
-from omnitok.tokenizers.audio_codecs import nearest_code, rvq_decode, rvq_encode
+from omnitok.tokenizers.audio_codecs import (
+    FastELU,
+    nearest_code,
+    rvq_decode,
+    rvq_encode,
+    set_elu,
+)
 from omnitok.tokenizers.audio_data import collect_audio
 from omnitok.tokenizers.audio_metrics import MultiScaleMel, si_snr
 from omnitok.tokenizers.audio_rvq import ema_update_, init_codebooks, kmeans
@@ -127,6 +133,38 @@ def test_fewer_levels_decode_and_each_level_refines(trained):
     two = tok.with_levels(2)
     assert two.spec().n_q == 2 and torch.equal(two.encode(x), codes[:, :2])
     torch.testing.assert_close(two.decode(codes[:, :2]), tok.decode(codes[:, :2]))
+
+
+@pytest.mark.parametrize("shape", [(5, 123), (2, 3, 77), (1,)])
+def test_fast_elu_matches_float64_elu_value_and_gradient(shape):
+    x = (torch.randn(shape) * 4).requires_grad_()
+    x64 = x.detach().double().requires_grad_()
+    grad = torch.randn(shape)
+    y, ref = FastELU()(x), torch.nn.functional.elu(x64)
+    y.backward(grad)
+    ref.backward(grad.double())
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y.double(), ref.detach(), atol=1e-7, rtol=1e-6)
+    torch.testing.assert_close(x.grad.double(), x64.grad, atol=1e-7, rtol=1e-6)
+    with torch.no_grad():  # the in-place inference path
+        torch.testing.assert_close(FastELU()(x).double(), ref.detach(), atol=1e-7, rtol=1e-6)
+
+
+def test_codec_uses_fast_elu_and_swapping_back_keeps_weights_and_codes():
+    torch.manual_seed(0)
+    tok = AudioTokenizer(AudioTokenizerConfig(n_filters=4, dimension=16, ratios=(4, 2),
+                                              codebook_size=64, n_q=2)).eval()
+    acts = [m for m in tok.modules() if isinstance(m, (FastELU, torch.nn.ELU))]
+    assert acts and all(isinstance(m, FastELU) for m in acts)
+    wav = 0.1 * torch.randn(2, 1, 4000)
+    codes, state = tok.encode(wav), {k: v.clone() for k, v in tok.state_dict().items()}
+    out = tok.decode(codes)
+    set_elu(tok, fast=False)
+    assert all(isinstance(m, torch.nn.ELU) for m in tok.modules()
+               if isinstance(m, (FastELU, torch.nn.ELU)))
+    assert tok.state_dict().keys() == state.keys()
+    assert (tok.encode(wav) == codes).float().mean() > 0.99
+    torch.testing.assert_close(tok.decode(codes), out, atol=1e-5, rtol=1e-4)
 
 
 # ---- RVQ math ------------------------------------------------------------------------------------
