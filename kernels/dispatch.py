@@ -143,13 +143,16 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal:
     """`attention` through torch's scaled_dot_product_attention (an explicit mask when needed).
 
     Cached attention of a few queries in bf16/fp16 on the CPU takes two matmuls in float32
-    instead: torch's CPU kernel is several times slower there (decode steps).
+    instead: torch's CPU kernel is several times slower there (decode steps); packed
+    documents in bf16/fp16 on the CPU are attended in float32 (faster there, see below).
     """
     if (q_pos is not None and q.device.type == "cpu" and q.shape[2] <= 16
             and q.dtype in (torch.bfloat16, torch.float16)):
         return cached_attention_matmul(q, k, v, q_pos, scale)
     if (doc_ids is not None and q.shape[2] > 2 * DOC_CHUNK
             and not torch.compiler.is_compiling()):  # data-dependent chunks would recompile
+        if _low_precision_cpu(q):
+            return _float32_chunked_attention(q, k, v, doc_ids, causal=causal, scale=scale)
         return document_chunked_attention(q, k, v, doc_ids, causal=causal, scale=scale)
     mask = reference.attention_mask(q.shape[2], k.shape[2], causal=causal, doc_ids=doc_ids,
                                     q_pos=q_pos, device=q.device)
@@ -188,6 +191,26 @@ def document_chunked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
             q[:, :, a:e], k[:, :, k0:k1], v[:, :, k0:k1], attn_mask=same[:, None], scale=scale,
             enable_gqa=q.shape[1] != k.shape[1]))
     return torch.cat(outs, dim=2)
+
+
+def _low_precision_cpu(q: torch.Tensor) -> bool:
+    """On the CPU with bf16 / fp16 inputs, or under an autocast that would make them so."""
+    low = (torch.bfloat16, torch.float16)
+    return q.device.type == "cpu" and (q.dtype in low or (
+        torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") in low))
+
+
+def _float32_chunked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                               doc_ids: torch.Tensor, *, causal: bool,
+                               scale: float | None) -> torch.Tensor:
+    """`document_chunked_attention` in float32 for bf16 / fp16 inputs on the CPU, outside
+    autocast (which would cast to bf16): torch's masked CPU kernel runs fwd + bwd about 1.3x
+    faster in float32 than in bf16 (`omnitok bench packed --dtype bfloat16`), and rounds
+    less. Returns q's dtype."""
+    with torch.autocast("cpu", enabled=False):
+        out = document_chunked_attention(q.float(), k.float(), v.float(), doc_ids,
+                                         causal=causal, scale=scale)
+    return out.to(q.dtype)
 
 
 def cached_attention_matmul(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

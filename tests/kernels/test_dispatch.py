@@ -68,10 +68,17 @@ def test_documents(backend):
     assert max_err(attention(q, k, v, doc_ids=doc, backend=backend), ref) < 1e-5
 
 
+# (input dtype, autocast dtype, tolerance of outputs, of gradients): bf16 inputs and bf16
+# autocast take the float32 path on the CPU, so only the rounding of inputs and outputs remains
+CHUNKED_CASES = [(torch.float32, None, 1e-5, 1e-4), (torch.bfloat16, None, 2e-2, 5e-2),
+                 (torch.float32, torch.bfloat16, 1e-5, 1e-4)]
+
+
+@pytest.mark.parametrize("dtype,autocast,tol,grad_tol", CHUNKED_CASES)
 @pytest.mark.parametrize("causal", [True, False])
-def test_long_packed_rows_take_the_chunked_path(causal):
+def test_long_packed_rows_take_the_chunked_path(causal, dtype, autocast, tol, grad_tol):
     """Rows longer than two DOC_CHUNKs go through `document_chunked_attention`: outputs and
-    gradients match float64 softmax attention under a dense document mask."""
+    gradients match float64 softmax attention under a dense document mask, in q's dtype."""
     from omnitok.kernels import dispatch
 
     g = torch.Generator().manual_seed(3)
@@ -79,9 +86,12 @@ def test_long_packed_rows_take_the_chunked_path(causal):
     lengths = [[7, 300, 31, 40, 3], [150, 1, 128, 100, 2]]  # documents cross chunk edges
     doc = torch.tensor([sum(([n] * m for n, m in enumerate(row)), [])[:t] + [9] * (t - sum(row))
                         for row in lengths])
-    q, k, v = (torch.randn(2, h, t, 16, generator=g, requires_grad=True) for h in (4, 2, 2))
-    out = attention(q, k, v, causal=causal, doc_ids=doc, backend="sdpa")
-    dout = torch.randn(out.shape, generator=g)
+    q, k, v = (torch.randn(2, h, t, 16, generator=g).to(dtype).requires_grad_()
+               for h in (4, 2, 2))
+    with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+        out = attention(q, k, v, causal=causal, doc_ids=doc, backend="sdpa")
+    assert out.dtype == dtype
+    dout = torch.randn(out.shape, generator=g).to(dtype)
     grads = torch.autograd.grad(out, (q, k, v), dout)
 
     q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
@@ -91,9 +101,10 @@ def test_long_packed_rows_take_the_chunked_path(causal):
     scores = q64 @ k64.repeat_interleave(2, 1).transpose(-1, -2) / 4.0
     ref = scores.masked_fill(~allowed[:, None], -math.inf).softmax(-1) @ v64.repeat_interleave(2, 1)
     ref_grads = torch.autograd.grad(ref, (q64, k64, v64), dout.double())
-    assert max_err(out, ref) < 1e-5
+    assert max_err(out, ref) < tol
     for grad, ref_grad in zip(grads, ref_grads):
-        assert max_err(grad, ref_grad) < 1e-4
+        assert grad.dtype == dtype
+        assert max_err(grad, ref_grad) < grad_tol
 
 
 @pytest.mark.parametrize("backend", LOCAL)

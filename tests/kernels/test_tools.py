@@ -22,17 +22,18 @@ def test_bench_without_cuda_says_only_correctness_is_checked(capsys):
     assert "no CUDA device" in out and "only correctness can be checked" in out
 
 
-def test_packed_attention_bench_times_both_paths_on_the_cpu(capsys):
-    """`omnitok bench packed`: both paths timed, and the outputs it compared agree."""
+@pytest.mark.parametrize("dtype,tol", [("float32", 1e-5), ("bfloat16", 3e-2)])
+def test_packed_attention_bench_times_every_path_on_the_cpu(capsys, dtype, tol):
+    """`omnitok bench packed`: the three paths timed, and the outputs it compared agree."""
     import re
 
     from omnitok.cli import main
 
     assert main(["bench", "packed", "--batch-size", "2", "--seq-len", "300", "--doc-min", "20",
-                 "--doc-max", "90", "--repeats", "1"]) in (0, None)
+                 "--doc-max", "90", "--repeats", "1", "--dtype", dtype]) in (0, None)
     out = capsys.readouterr().out
-    assert "dense mask" in out and "chunked / dense mask:" in out
-    assert float(re.search(r"max \|difference\| (\S+)", out).group(1)) < 1e-5
+    assert "dense mask" in out and "model path" in out and "faster than the dense mask" in out
+    assert float(re.search(r"max \|difference\| (\S+)", out).group(1)) < tol
 
 
 @pytest.mark.slow
