@@ -49,6 +49,8 @@ class EvalSettings:
     shuffle_image_codes: bool = False
     rerank: int = 1
     via_text: bool = False
+    image_weight: float = 1.0  # text --rerank: weight of log p(prompt image | text)
+    speech_weight: float = 0.0  # text --rerank: weight of log p(prompt speech | text)
 
 
 @dataclass
@@ -79,7 +81,8 @@ def generation_settings(kind: str, s: EvalSettings) -> GenerationSettings:
         target=kind, max_new_tokens=s.max_text_tokens if kind == "text" else None,
         max_audio_seconds=s.max_audio_seconds, sampling=s.sampling, greedy=s.greedy,
         cfg_scale=s.cfg_scale if kind != "text" else 1.0, seed=s.seed, batch_size=s.batch_size,
-        rerank=s.rerank if kind != "text" else 1, via_text=s.via_text and kind != "text")
+        rerank=s.rerank, via_text=s.via_text and kind != "text", image_weight=s.image_weight,
+        speech_weight=s.speech_weight)
 
 
 def uses_media_reading(direction: str) -> bool:

@@ -47,6 +47,7 @@ def eval_command(
     max_text_tokens: int = 32, max_audio_seconds: float = 6.0, seed: int = 0,
     sheet: int = 64, dtype: DType = "auto", device: str = "cpu", quiet: bool = False,
     shuffle_image_codes: bool = False, rerank: int = 1, via_text: bool = False,
+    image_weight: float = 1.0, speech_weight: float = 0.0,
 ) -> None:
     """Score a checkpoint on held-out prompts in every direction with independent judges.
 
@@ -76,16 +77,24 @@ def eval_command(
         shuffle_image_codes: put the codes of every prompt image in a random order (seeded per
             line) before generating: how much the answers depend on where each code is, beyond
             which codes the image holds (a layout probe; the judges' baselines are unchanged).
-        rerank: image and audio answers: draw this many candidates per line and keep the one
-            that the model, reading it back (`write:` + the candidate), finds likeliest to say
-            the prompt's text (the judges never choose).
+        rerank: draw this many candidates per line and keep the best (the judges never
+            choose). Image and audio answers: the one that the model, reading it back
+            (`write:` + the candidate), finds likeliest to say the prompt's text. Text
+            answers: the one with the highest log p(candidate | prompt) + log p(prompt's
+            media | "draw:"/"say:" + candidate), weighted by --image-weight / --speech-weight
+            (the first candidate is the plain greedy answer, the others sampled at
+            temperature 1).
         via_text: audio->image and image->audio: the model first writes what the prompt's
             media say, then draws or speaks from that text (two steps, one model).
+        image_weight: --rerank of text answers: how much log p(the prompt's image | "draw:" +
+            the candidate) counts beside log p(the candidate | the prompt).
+        speech_weight: the same for the prompt's speech ("say:" + the candidate); 0 by
+            default, since the built-in model does not yet speak the captions it is given.
     """
     start = time.perf_counter()
     settings = EvalSettings(batch_size, greedy, sampling, cfg_scale,
                             max_text_tokens, max_audio_seconds, seed, shuffle_image_codes,
-                            rerank, via_text)
+                            rerank, via_text, image_weight, speech_weight)
     _check(settings)
     groups = choose_directions(by_direction(read_heldout(data, limit)), directions)
     checkpoint = _load(ckpt, dtype, device)
@@ -110,7 +119,7 @@ def print_report(report: dict, out: Path) -> None:
     shuffled = report["settings"].get("shuffle_image_codes")
     shuffled = ", prompt image codes shuffled" if shuffled else ""
     if report["settings"].get("rerank", 1) > 1:
-        shuffled += f", media answers best of {report['settings']['rerank']} read back"
+        shuffled += f", answers best of {report['settings']['rerank']} read back"
     if report["settings"].get("via_text"):
         shuffled += ", media->media via text"
     print(f"{report['checkpoint']} on {report['data']}: {n} held-out lines, {report['dtype']}"

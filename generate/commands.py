@@ -52,6 +52,7 @@ def generate_command(
     attn: Literal["sdpa", "triton", "flash"] | None = None, dtype: DType = "auto",
     device: str = "cpu", compile: bool = False, quiet: bool = False, rerank: int = 1,
     via_text: bool = False, read_instruction: str = "write:",
+    image_weight: float = 1.0, speech_weight: float = 0.0,
 ) -> None:
     """Generate text, images and audio from prompts that mix them, with one model.
 
@@ -85,15 +86,22 @@ def generate_command(
         compile: compile the decode step with torch.compile (pays off for long or many
             generations: the first step of each batch shape takes tens of seconds).
         quiet: no progress bar and no text on stdout.
-        rerank: image and audio answers: draw this many candidates per prompt and keep the one
-            that the model, reading it back (--read-instruction + the candidate), finds
-            likeliest to say the prompt's text (its text without a leading "draw:"-style
-            instruction).
+        rerank: draw this many candidates per prompt and keep the best. An image or audio
+            answer: the one that the model, reading it back (--read-instruction + the
+            candidate), finds likeliest to say the prompt's text (its text without a leading
+            "draw:"-style instruction). A text answer to a prompt with media: the one with the
+            highest log p(candidate | prompt) + log p(prompt's media | "draw:"/"say:" +
+            candidate), weighted by --image-weight / --speech-weight (the first candidate is
+            the plain answer; the others are sampled, at temperature 1 where text is greedy).
         via_text: a prompt of media (speech -> image, image -> speech): the model first writes
             what the media say (--read-instruction + the media), then answers the prompt's
             instruction with that text in place of the media.
         read_instruction: the text put before media for the model to write what they say
             (the built-in default was trained with "write:").
+        image_weight: --rerank of text answers: how much log p(the prompt's image | "draw:" +
+            the candidate) counts beside log p(the candidate | the prompt).
+        speech_weight: the same for the prompt's speech ("say:" + the candidate); 0 by
+            default, since the built-in model does not yet speak the captions it is given.
     """
     if prompt and prompts is not None:
         raise OmnitokError("give prompt segments or --prompts FILE, not both")
@@ -111,7 +119,8 @@ def generate_command(
         min_audio_seconds=min_audio_seconds, sampling=sampling or ModalitySampling(),
         greedy=greedy, cfg_scale=cfg_scale, cfg_interval=interval,
         negative_prompt=text_document(negative_prompt), seed=seed, batch_size=batch_size,
-        rerank=rerank, via_text=via_text, read_instruction=read_instruction)
+        rerank=rerank, via_text=via_text, read_instruction=read_instruction,
+        image_weight=image_weight, speech_weight=speech_weight)
     check_reading(settings)
     if stream and (rerank > 1 or via_text):
         raise OmnitokError("--stream follows one answer as it is drawn; --rerank and "

@@ -23,13 +23,15 @@ from omnitok.generate.engine import Engine, Guidance, Request
 from omnitok.generate.grammar import Grammar, GrammarError
 from omnitok.generate.rerank import (
     best_index,
+    caption_scores,
+    media_of,
     prompt_text,
     read_back_scores,
     reading_text,
     transcription_prompt,
     with_text,
 )
-from omnitok.generate.sampling import ModalitySampling
+from omnitok.generate.sampling import ModalitySampling, SamplingParams
 from omnitok.model.checkpoint import Checkpoint
 from omnitok.tokenizers.document import Document
 from omnitok.tokenizers.text import TextTokenizer
@@ -53,9 +55,13 @@ class GenerationSettings:
     negative_prompt: Document | None = None
     seed: int = 0
     batch_size: int = 8
-    rerank: int = 1  # image/audio: draw this many, keep the one that reads back best
+    rerank: int = 1  # draw this many, keep the one that reads back best
     via_text: bool = False  # image/audio from media: write what they say, answer from that
     read_instruction: str = "write:"  # put before a candidate when the model reads it back
+    draw_instruction: str = "draw:"  # --rerank of text: put before a text to score an image
+    say_instruction: str = "say:"  # --rerank of text: put before a text to score speech
+    image_weight: float = 1.0  # --rerank of text: weight of log p(prompt image | text)
+    speech_weight: float = 0.0  # --rerank of text: weight of log p(prompt speech | text)
 
 
 @dataclass
@@ -83,13 +89,35 @@ def text_allowed(vocab: Vocab, text: TextTokenizer | None) -> torch.Tensor:
 
 
 def check_reading(settings: GenerationSettings) -> None:
-    """--rerank and --via-text apply to image and audio answers only."""
+    """--rerank applies to text, image and audio answers, --via-text to image and audio."""
     if settings.rerank < 1:
         raise OmnitokError(f"--rerank must be >= 1, got {settings.rerank}")
-    for name, on in (("--rerank", settings.rerank > 1), ("--via-text", settings.via_text)):
-        if on and settings.target not in ("image", "audio"):
-            raise OmnitokError(f"{name} applies to image and audio answers: use --to image "
-                               f"or --to audio (got --to {settings.target})")
+    if settings.rerank > 1 and settings.target not in ("text", "image", "audio"):
+        raise OmnitokError(f"--rerank picks one answer of a kind: use --to text, --to image "
+                           f"or --to audio (got --to {settings.target})")
+    if settings.via_text and settings.target not in ("image", "audio"):
+        raise OmnitokError(f"--via-text applies to image and audio answers: use --to image "
+                           f"or --to audio (got --to {settings.target})")
+
+
+def check_text_rerank(prompt: Document, settings: GenerationSettings, index: int) -> None:
+    """A text --rerank scores candidates against the prompt's media: it needs some."""
+    if settings.rerank > 1 and settings.target == "text" and media_of(prompt) is None:
+        raise OmnitokError(f"--rerank of a text answer scores it against the prompt's image "
+                           f"or audio, and prompt {index} has none")
+
+
+def candidate_sampling(settings: GenerationSettings) -> GenerationSettings:
+    """How the candidates after the first of a text --rerank are drawn: the settings' own
+    text sampling, or plain sampling at temperature 1 where that (or --greedy) is greedy, so
+    that the candidates differ."""
+    text = settings.sampling.text
+    if settings.greedy or text.temperature <= 0:
+        text = SamplingParams(1.0, 0, 1.0, 1.0)
+    sampling = replace(settings.sampling, text=text)
+    if settings.greedy:
+        sampling = replace(sampling.greedy(), text=text)
+    return replace(settings, greedy=False, sampling=sampling)
 
 
 class Generator:
@@ -164,6 +192,7 @@ class Generator:
                  grammar: Grammar, first_index: int = 0) -> list[Request]:
         out = []
         for i, prompt in enumerate(prompts):
+            check_text_rerank(prompt, settings, first_index + i)
             ids = self.encode_prompt(prompt)
             budget = self.budget(grammar, settings, len(ids) + (settings.target in
                                                                  ("image", "audio")))
@@ -204,6 +233,8 @@ class Generator:
         if settings.via_text:
             return self._via_text(prompts, settings)
         if settings.rerank > 1:
+            if settings.target == "text":
+                return self._best_text_of(prompts, settings)
             return self._best_of(prompts, settings)
         requests: list[Request] = []
         for _ in self.stream(prompts, settings, requests.extend):
@@ -249,6 +280,38 @@ class Generator:
             prompts, replace(settings, rerank=1, seed=settings.seed + j * ROUND_SEEDS))]
         scores = self.read_back([a.document for a in pool], texts * n, settings)
         return [replace(pool[k], score=scores[k]) for k in best_index(scores, len(prompts), n)]
+
+    def _best_text_of(self, prompts: Sequence[Document], settings: GenerationSettings
+                      ) -> list[Answer]:
+        """`rerank` text candidates per prompt (candidate 0 is the plain answer; the others
+        drawn as `candidate_sampling` says, with the seeds of `_best_of`); the one that fits
+        the prompt's media best both ways (`caption_scores`)."""
+        for i, prompt in enumerate(prompts):
+            check_text_rerank(prompt, settings, i)
+        n = settings.rerank
+        drawn = candidate_sampling(settings)
+        pool = [a for j in range(n) for a in self.generate(
+            prompts, replace(settings if j == 0 else drawn, rerank=1,
+                             seed=settings.seed + j * ROUND_SEEDS))]
+        texts = [prompt_text(a.document) for a in pool]
+        unique = {}  # (prompt, text) -> its score, each distinct candidate scored once
+        for k, text in enumerate(texts):
+            unique.setdefault((k % len(prompts), text), None)
+        keys = list(unique)
+        values = self.caption_scores([prompts[i] for i, _ in keys], [t for _, t in keys],
+                                     settings)
+        unique = dict(zip(keys, values))
+        scores = [unique[(k % len(prompts), t)] for k, t in enumerate(texts)]
+        return [replace(pool[k], score=scores[k]) for k in best_index(scores, len(prompts), n)]
+
+    def caption_scores(self, prompts: Sequence[Document], texts: Sequence[str],
+                       settings: GenerationSettings) -> list[float]:
+        """log p(text | prompt) + the weighted log p(each prompt media | its instruction +
+        text)."""
+        instructions = {"image": settings.draw_instruction, "audio": settings.say_instruction}
+        weights = {"image": settings.image_weight, "audio": settings.speech_weight}
+        return caption_scores(self.model, self.codec, prompts, texts, instructions, weights,
+                              settings.batch_size)
 
     def read_back(self, answers: Sequence[Document], texts: Sequence[str],
                   settings: GenerationSettings) -> list[float]:

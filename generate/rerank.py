@@ -1,10 +1,17 @@
-"""Reading back: the model scores its own image and audio answers against the prompt's text.
+"""Reading back: the model scores its own answers against the prompt.
 
 A model that draws from text also reads: `write:` + an image -> its caption. `--rerank N`
-draws N candidates for each prompt and keeps the one under which the model, reading the
-candidate back, gives the prompt's text the highest log-likelihood (the reading instruction,
-`write:` by default, is put before the candidate, as in the image->text and audio->text
-documents the model was trained on). `--via-text` answers a prompt whose media carry the
+draws N candidates for each prompt and keeps the best-scored one. An image or audio answer is
+scored by the log-likelihood the model, reading the candidate back, gives the prompt's text
+(the reading instruction, `write:` by default, is put before the candidate, as in the
+image->text and audio->text documents the model was trained on). A text answer to a prompt
+with media is scored both ways: the likelihood of the text given the prompt, plus that of
+each of the prompt's media given the text after the instruction that asks for such media
+(`draw:` for an image, `say:` for speech), so that a caption is kept for the image it
+describes, not only for how readily it is written. Each kind of media has a weight in that
+sum: 1 for images, 0 for speech by default, since the built-in default model does not yet
+speak captions it is given (held-out audio->text, 100 lines per split, best of 8: 31% / 24%
+exact with speech weighed in alone, against 74% / 58% plain). `--via-text` answers a prompt whose media carry the
 meaning (speech -> image, image -> speech) in two steps with the same model: it first writes
 what the media say, then answers the prompt's instruction with that text in place of the media.
 
@@ -69,36 +76,84 @@ def with_text(prompt: Document, text: str) -> Document:
 
 
 @torch.inference_mode()
+def suffix_log_likelihoods(model, rows: Sequence[tuple[list[int], int]], pad: int,
+                           batch_size: int = 16) -> list[float]:
+    """log p(ids[start:] | ids[:start]) for each (ids, start) under `model`, one forward pass
+    per batch of rows (padded at the end: causal, so padding is never attended to); -inf for
+    a row longer than the model's context, which it cannot score."""
+    if model.has_cache:
+        raise OmnitokError("scoring answers needs the model without a KV cache")
+    device = next(model.parameters()).device
+    scores = [float("-inf")] * len(rows)
+    fits = [k for k, (ids, _) in enumerate(rows) if len(ids) - 1 <= model.args.max_seq_len]
+    for b in range(0, len(fits), batch_size):
+        chunk = fits[b:b + batch_size]
+        width = max(len(rows[k][0]) for k in chunk)
+        x = torch.full((len(chunk), width), pad, dtype=torch.long)
+        for r, k in enumerate(chunk):
+            x[r, :len(rows[k][0])] = torch.tensor(rows[k][0])
+        logits = model(x[:, :-1].to(device)).cpu()
+        for r, k in enumerate(chunk):  # only the suffix's positions
+            ids, start = rows[k]
+            logp = torch.log_softmax(logits[r, start - 1:len(ids) - 1].float(), dim=-1)
+            target = torch.tensor(ids[start:])
+            scores[k] = logp[torch.arange(len(target)), target].sum().item()
+    return scores
+
+
 def read_back_scores(model, codec: DocumentCodec, answers: Sequence[Document],
                      texts: Sequence[str], instruction: str, batch_size: int = 16
                      ) -> list[float]:
     """log p(text + <eos> | <bos> instruction media) for each answer's media under `model`
-    (one forward pass per batch; -inf for an answer without media)."""
-    if model.has_cache:
-        raise OmnitokError("reading back needs the model without a KV cache")
-    rows: list[tuple[int, list[int], int]] = []  # (answer index, ids, where the text starts)
-    scores = [float("-inf")] * len(answers)
+    (-inf for an answer without media)."""
+    rows: list[tuple[list[int], int]] = []
+    where: list[int] = []  # the answer each row scores
     for i, (answer, text) in enumerate(zip(answers, texts)):
         media = media_of(answer)
         if media is None:
             continue
         ids = codec.encode(Document([TextSegment(instruction), media]), eos=False)
         start = len(ids)
-        ids += codec.encode(Document([TextSegment(text)]), bos=False)
-        rows.append((i, ids, start))
+        rows.append((ids + codec.encode(Document([TextSegment(text)]), bos=False), start))
+        where.append(i)
+    scores = [float("-inf")] * len(answers)
     pad = codec.vocab.special("<pad>")
-    device = next(model.parameters()).device
-    for b in range(0, len(rows), batch_size):
-        chunk = rows[b:b + batch_size]
-        width = max(len(ids) for _, ids, _ in chunk)
-        x = torch.full((len(chunk), width), pad, dtype=torch.long)
-        for r, (_, ids, _) in enumerate(chunk):
-            x[r, :len(ids)] = torch.tensor(ids)  # padding after: causal, never attended to
-        logits = model(x[:, :-1].to(device)).cpu()
-        for r, (i, ids, start) in enumerate(chunk):  # only the text's positions
-            logp = torch.log_softmax(logits[r, start - 1:len(ids) - 1].float(), dim=-1)
-            target = torch.tensor(ids[start:])
-            scores[i] = logp[torch.arange(len(target)), target].sum().item()
+    for i, score in zip(where, suffix_log_likelihoods(model, rows, pad, batch_size)):
+        scores[i] = score
+    return scores
+
+
+@torch.inference_mode()
+def caption_scores(model, codec: DocumentCodec, prompts: Sequence[Document],
+                   texts: Sequence[str], instructions: dict[str, str],
+                   weights: dict[str, float] | None = None, batch_size: int = 16
+                   ) -> list[float]:
+    """How well each text answer fits its prompt's media, both ways (a noisy channel):
+    log p(text + <eos> | <bos> prompt) plus, for each of the prompt's media segments,
+    `weights[kind]` (default 1) times log p(segment | <bos> instruction text), with the
+    instruction of the segment's kind (`instructions["image"]`, e.g. "draw:", and
+    `instructions["audio"]`, e.g. "say:"): the model's reading of the media, checked by how
+    likely it finds the media drawn or spoken from that text. A kind of weight 0 is not
+    scored that way."""
+    weights = weights or {}
+    rows: list[tuple[list[int], int]] = []
+    owner: list[tuple[int, float]] = []  # the answer each row adds to, and its weight
+    for i, (prompt, text) in enumerate(zip(prompts, texts)):
+        ids = codec.encode(prompt, eos=False)
+        rows.append((ids + codec.encode(Document([TextSegment(text)]), bos=False), len(ids)))
+        owner.append((i, 1.0))
+        for media in (s for s in prompt if isinstance(s, MEDIA) and s.codes.numel() > 0):
+            kind = "image" if isinstance(media, ImageSegment) else "audio"
+            if weights.get(kind, 1.0) == 0:
+                continue
+            asked = TextSegment(f"{instructions[kind]} {text}".strip())
+            start = len(codec.encode(Document([asked]), eos=False))
+            rows.append((codec.encode(Document([asked, media]), eos=False), start))
+            owner.append((i, weights.get(kind, 1.0)))
+    scores = [0.0] * len(prompts)
+    pad = codec.vocab.special("<pad>")
+    for (i, weight), score in zip(owner, suffix_log_likelihoods(model, rows, pad, batch_size)):
+        scores[i] += weight * score
     return scores
 
 

@@ -187,9 +187,16 @@ def test_rerank_and_via_text_from_the_command_line(capsys, any_ckpt, media, tmp_
     [answer] = json.loads((tmp_path / "result.json").read_text())["answers"]
     assert isinstance(answer["via"], str) and isinstance(answer["read_back"], float)
     assert Image.open(tmp_path / "answer_0.png").size == (16, 16)
+    code, out, err = run(capsys, "generate", any_ckpt, "--text", "write:", "--image",
+                         media / "in.png", "--to", "text", "--rerank", "3",
+                         "--image-weight", "0.5", "-o", tmp_path / "c")
+    assert code == 0, err
+    result = json.loads((tmp_path / "c" / "result.json").read_text())
+    assert result["settings"]["image_weight"] == 0.5
+    assert isinstance(result["answers"][0]["read_back"], float)
     code, _, err = run(capsys, "generate", any_ckpt, "--text", "draw: a", "--to", "text",
                        "--rerank", "2", "-o", tmp_path / "t")
-    one_line_error(code, err, "--rerank applies to image and audio answers")
+    one_line_error(code, err, "scores it against the prompt's image or audio")
     code, _, err = run(capsys, "generate", any_ckpt, "--text", "draw: a", "--to", "image",
                        "--rerank", "2", "--stream", "-o", tmp_path / "s")
     one_line_error(code, err, "--stream follows one answer")

@@ -1,6 +1,7 @@
 """Reading back (--rerank) and answering media via text (--via-text): scores equal a float64
 sum of log-probabilities, the kept candidate is the best-scored of the plain answers drawn with
-its seeds, and --via-text equals the two steps done by hand."""
+its seeds (text answers: scored both ways against the prompt's media), and --via-text equals
+the two steps done by hand."""
 
 from __future__ import annotations
 
@@ -10,9 +11,15 @@ import pytest
 import torch
 
 from omnitok import OmnitokError
-from omnitok.generate.generator import ROUND_SEEDS, GenerationSettings, Generator
+from omnitok.generate.generator import (
+    ROUND_SEEDS,
+    GenerationSettings,
+    Generator,
+    candidate_sampling,
+)
 from omnitok.generate.rerank import (
     best_index,
+    caption_scores,
     prompt_text,
     read_back_scores,
     reading_text,
@@ -70,6 +77,68 @@ def test_scores_equal_the_float64_sum_of_log_probabilities(gen):
     assert len(set(scores[:4])) == 4
 
 
+def float64_log_likelihood(gen: Generator, prefix: Document, whole: Document) -> float:
+    """Float64 log p(the ids of `whole` after those of `prefix`), one unpadded sequence."""
+    start = len(gen.codec.encode(prefix, eos=False))
+    ids = gen.codec.encode(whole, eos=isinstance(whole[-1], TextSegment))
+    assert ids[:start] == gen.codec.encode(prefix, eos=False)
+    with torch.no_grad():
+        logp = torch.log_softmax(gen.model(torch.tensor([ids[:-1]]))[0].double(), -1)
+    return sum(logp[t - 1, ids[t]].item() for t in range(start, len(ids)))
+
+
+def test_caption_scores_are_both_ways_float64_sums(gen):
+    h, w = gen.image_grid()
+    g = torch.Generator().manual_seed(1)
+    image = ImageSegment(torch.randint(0, 32, (h, w), generator=g))
+    audio = AudioSegment(torch.randint(0, 16, (2, 6), generator=g))
+    prompts = [Document([TextSegment("write:"), image]),
+               Document([audio, TextSegment("write:"), image]),
+               Document([TextSegment("write:"), audio])]
+    texts = ["a red circle", "a blue star on a green background", "on a"]
+    scores = caption_scores(gen.model, gen.codec, prompts, texts,
+                            {"image": "draw:", "audio": "say:"}, batch_size=2)
+    for prompt, text, score in zip(prompts, texts, scores):
+        expected = float64_log_likelihood(gen, prompt, Document([*prompt, TextSegment(text)]))
+        for media in (s for s in prompt if not isinstance(s, TextSegment)):
+            ask = "draw:" if isinstance(media, ImageSegment) else "say:"
+            asked = Document([TextSegment(f"{ask} {text}")])
+            expected += float64_log_likelihood(gen, asked, Document([*asked, media]))
+        assert score == pytest.approx(expected, abs=2e-3)
+    flipped = caption_scores(gen.model, gen.codec, prompts[:1], texts[:1],
+                             {"image": "say:", "audio": "draw:"})
+    assert flipped[0] != pytest.approx(scores[0], abs=1e-3)  # the instruction is used
+    weighed = caption_scores(gen.model, gen.codec, prompts, texts,
+                             {"image": "draw:", "audio": "say:"}, {"image": 0.5, "audio": 0})
+    forward = [float64_log_likelihood(gen, p, Document([*p, TextSegment(t)]))
+               for p, t in zip(prompts, texts)]
+    drawn = [s - f for s, f in zip(scores, forward)]  # the image part of the first prompt
+    assert weighed[0] == pytest.approx(forward[0] + 0.5 * drawn[0], abs=2e-3)
+    assert weighed[2] == pytest.approx(forward[2], abs=2e-3)  # speech weighs nothing
+
+
+def test_text_rerank_keeps_the_best_fitting_candidate(gen):
+    h, w = gen.image_grid()
+    image = ImageSegment(torch.arange(h * w).reshape(h, w) % 32)
+    audio = AudioSegment(torch.arange(12).reshape(2, 6) % 16)
+    prompts = [Document([TextSegment("write:"), image]), Document([TextSegment("write:"), audio])]
+    settings = GenerationSettings(target="text", greedy=True, seed=5, max_new_tokens=6,
+                                  batch_size=2)
+    best = gen.generate(prompts, replace(settings, rerank=4))
+    drawn = candidate_sampling(settings)
+    assert not drawn.greedy and drawn.sampling.text.temperature == 1.0
+    rounds = [gen.generate(prompts, replace(settings if j == 0 else drawn,
+                                            seed=5 + j * ROUND_SEEDS)) for j in range(4)]
+    assert [a.ids for a in rounds[0]] == [a.ids for a in gen.generate(prompts, settings)]
+    for i, prompt in enumerate(prompts):
+        texts = [prompt_text(r[i].document) for r in rounds]
+        assert len(set(texts)) > 1  # the candidates after the first are drawn, not greedy
+        scored = gen.caption_scores([prompt] * 4, texts, settings)
+        k = max(range(4), key=lambda j: scored[j])
+        assert best[i].ids == rounds[k][i].ids and best[i].seed == rounds[k][i].seed
+        assert best[i].score == pytest.approx(scored[k], abs=1e-4)
+
+
 def test_best_index_picks_each_prompts_best_candidate():
     scores = [0.0, -1.0, -5.0, -0.5, 2.0, -5.0]  # 3 prompts, 2 rounds
     assert best_index(scores, 3, 2) == [0, 4, 2]  # a tie keeps the first round
@@ -108,9 +177,11 @@ def test_via_text_is_writing_then_answering(gen):
 
 def test_reading_errors(gen):
     text_prompt = [Document([TextSegment("draw: a red circle")])]
-    with pytest.raises(OmnitokError, match="applies to image and audio"):
+    with pytest.raises(OmnitokError, match="prompt 0 has none"):
         gen.generate(text_prompt, GenerationSettings(target="text", rerank=2))
-    with pytest.raises(OmnitokError, match="applies to image and audio"):
+    with pytest.raises(OmnitokError, match="picks one answer of a kind"):
+        gen.generate(text_prompt, GenerationSettings(target="auto", rerank=2))
+    with pytest.raises(OmnitokError, match="--via-text applies to image and audio"):
         gen.generate(text_prompt, GenerationSettings(target="auto", via_text=True))
     with pytest.raises(OmnitokError, match="--rerank must be >= 1"):
         gen.generate(text_prompt, GenerationSettings(target="image", rerank=0))
