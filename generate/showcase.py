@@ -2,8 +2,9 @@
 
 From one built-in caption it draws the image (`draw: <caption>`), speaks the caption
 (`say: <caption>`), then captions its own image (`write:` + the image): text -> image,
-text -> audio and image -> text with one model, written as PNG, WAV and TXT. The image and
-the speech are each the best of RERANK candidates, as the model reads them back (`--rerank`).
+text -> audio and image -> text with one model, written as PNG, WAV and TXT. Each answer is
+the best of RERANK candidates (`--rerank`): the image and the speech as the model reads them
+back, the caption as it fits the image both ways.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def showcase(ckpt: Path, out: Path, *, caption: str = CAPTION, seed: int = 0,
 def _answer(gen: Generator, prompt: Document, target: str, cfg: float, seed: int):
     settings = GenerationSettings(target=target, cfg_scale=cfg, seed=seed, max_new_tokens=None
                                   if target != "text" else 32, max_audio_seconds=6.0,
-                                  rerank=RERANK if target != "text" else 1)
+                                  rerank=RERANK)
     if target == "text":
         settings.greedy = True
     t0 = time.perf_counter()
