@@ -321,14 +321,15 @@ class Generator:
 
     def _via_text(self, prompts: Sequence[Document], settings: GenerationSettings
                   ) -> list[Answer]:
-        """Write what each prompt's media say (greedy), then answer the prompt's instruction
-        with that text in place of the media."""
+        """Write what each prompt's media say (greedy; with --rerank, the best of as many
+        texts as fit the media both ways), then answer the prompt's instruction with that
+        text in place of the media."""
         asks = [transcription_prompt(p, settings.read_instruction) for p in prompts]
         missing = [i for i, a in enumerate(asks) if a is None]
         if missing:
             raise OmnitokError(f"--via-text writes what a prompt's media say, and prompt "
                                f"{missing[0]} has no image or audio")
-        read = replace(settings, target="text", greedy=True, cfg_scale=1.0, rerank=1,
+        read = replace(settings, target="text", greedy=True, cfg_scale=1.0,
                        via_text=False, max_new_tokens=READ_TOKENS)
         heard = [prompt_text(a.document) for a in self.generate(asks, read)]
         for i, text in enumerate(heard):

@@ -175,6 +175,20 @@ def test_via_text_is_writing_then_answering(gen):
     assert answer.ids == direct.ids
 
 
+def test_via_text_with_rerank_writes_the_best_fitting_text(gen):
+    h, w = gen.image_grid()
+    image = ImageSegment(torch.arange(h * w).reshape(h, w) % 29)
+    prompt = Document([TextSegment("say:"), image])
+    settings = GenerationSettings(target="audio", seed=2, max_audio_seconds=0.1, rerank=3)
+    [answer] = gen.generate([prompt], replace(settings, via_text=True))
+    write = GenerationSettings(target="text", greedy=True, max_new_tokens=64, seed=2,
+                               rerank=3)
+    [written] = gen.generate([Document([TextSegment("write:"), image])], write)
+    assert written.score is not None and answer.via == prompt_text(written.document)
+    [direct] = gen.generate([Document([TextSegment(f"say: {answer.via}")])], settings)
+    assert answer.ids == direct.ids and answer.score == direct.score
+
+
 def test_reading_errors(gen):
     text_prompt = [Document([TextSegment("draw: a red circle")])]
     with pytest.raises(OmnitokError, match="prompt 0 has none"):
