@@ -293,15 +293,11 @@ class Generator:
         pool = [a for j in range(n) for a in self.generate(
             prompts, replace(settings if j == 0 else drawn, rerank=1,
                              seed=settings.seed + j * ROUND_SEEDS))]
-        texts = [prompt_text(a.document) for a in pool]
-        unique = {}  # (prompt, text) -> its score, each distinct candidate scored once
-        for k, text in enumerate(texts):
-            unique.setdefault((k % len(prompts), text), None)
-        keys = list(unique)
-        values = self.caption_scores([prompts[i] for i, _ in keys], [t for _, t in keys],
-                                     settings)
-        unique = dict(zip(keys, values))
-        scores = [unique[(k % len(prompts), t)] for k, t in enumerate(texts)]
+        keys = [(k % len(prompts), prompt_text(a.document)) for k, a in enumerate(pool)]
+        distinct = list(dict.fromkeys(keys))  # each (prompt, text) scored once
+        found = dict(zip(distinct, self.caption_scores(
+            [prompts[i] for i, _ in distinct], [t for _, t in distinct], settings)))
+        scores = [found[key] for key in keys]
         return [replace(pool[k], score=scores[k]) for k in best_index(scores, len(prompts), n)]
 
     def caption_scores(self, prompts: Sequence[Document], texts: Sequence[str],

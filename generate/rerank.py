@@ -11,9 +11,11 @@ each of the prompt's media given the text after the instruction that asks for su
 describes, not only for how readily it is written. Each kind of media has a weight in that
 sum: 1 for images, 0 for speech by default, since the built-in default model does not yet
 speak captions it is given (held-out audio->text, 100 lines per split, best of 8: 31% / 24%
-exact with speech weighed in alone, against 74% / 58% plain). `--via-text` answers a prompt whose media carry the
-meaning (speech -> image, image -> speech) in two steps with the same model: it first writes
-what the media say, then answers the prompt's instruction with that text in place of the media.
+exact with speech weighed in alone, against 74% / 58% plain).
+
+`--via-text` answers a prompt whose media carry the meaning (speech -> image, image ->
+speech) in two steps with the same model: it first writes what the media say, then answers
+the prompt's instruction with that text in place of the media.
 
 The reading text of a prompt is its text with a leading instruction (a first word that ends in
 ":", such as "draw:") taken off: "draw: a red circle on a blue background" is read back as
@@ -123,7 +125,6 @@ def read_back_scores(model, codec: DocumentCodec, answers: Sequence[Document],
     return scores
 
 
-@torch.inference_mode()
 def caption_scores(model, codec: DocumentCodec, prompts: Sequence[Document],
                    texts: Sequence[str], instructions: dict[str, str],
                    weights: dict[str, float] | None = None, batch_size: int = 16
@@ -144,12 +145,13 @@ def caption_scores(model, codec: DocumentCodec, prompts: Sequence[Document],
         owner.append((i, 1.0))
         for media in (s for s in prompt if isinstance(s, MEDIA) and s.codes.numel() > 0):
             kind = "image" if isinstance(media, ImageSegment) else "audio"
-            if weights.get(kind, 1.0) == 0:
+            weight = weights.get(kind, 1.0)
+            if weight == 0:
                 continue
             asked = TextSegment(f"{instructions[kind]} {text}".strip())
             start = len(codec.encode(Document([asked]), eos=False))
             rows.append((codec.encode(Document([asked, media]), eos=False), start))
-            owner.append((i, weights.get(kind, 1.0)))
+            owner.append((i, weight))
     scores = [0.0] * len(prompts)
     pad = codec.vocab.special("<pad>")
     for (i, weight), score in zip(owner, suffix_log_likelihoods(model, rows, pad, batch_size)):
