@@ -14,7 +14,7 @@ from pathlib import Path
 
 from omnitok import OmnitokError
 from omnitok.demo.world import DIRECTIONS, Attrs, WorldError
-from omnitok.train.manifest import ManifestError, iter_manifest
+from omnitok.train.manifest import ManifestError, ManifestSegment, iter_manifest
 
 SPLITS = ("heldout-seen", "heldout-unseen")
 ALL_THREE = ("audio+image->text", "audio+text->image", "image+text->audio")
@@ -93,9 +93,30 @@ def _item(data: Path, line: int, segments: list, meta: dict) -> EvalItem:
     split = str(meta["split"])
     if split not in SPLITS:
         raise OmnitokError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
+    segments = whole_speech(segments)
     prompt = tuple((s.kind, s.value) for s in segments[:-1])
     return EvalItem(line, key, split, str(meta["caption"]), attrs, prompt,
                     (segments[-1].kind, segments[-1].value))
+
+
+def whole_speech(segments: list[ManifestSegment]) -> list[ManifestSegment]:
+    """A text spoken word by word (its instruction, then each word and its span of one clip:
+    `omnitok.demo.world.spoken_words`) back as one text and the whole clip: the prompt and
+    the target that eval generates and judges."""
+    out: list[ManifestSegment] = []
+    for seg in segments:
+        if seg.kind != "audio" or seg.span is None:
+            out.append(seg)
+            continue
+        words = []
+        while out and out[-1].kind == "text":  # the word, and the instruction before it
+            words.insert(0, out.pop().value.strip())
+        if out and out[-1].kind == "audio" and out[-1].value == seg.value and len(out) > 1:
+            out.pop()  # the clip's earlier words: join them
+            words.insert(0, out.pop().value)
+        out += [ManifestSegment("text", " ".join(w for w in words if w)),
+                ManifestSegment("audio", seg.value)]
+    return out
 
 
 def by_direction(items: list[EvalItem]) -> dict[str, list[EvalItem]]:

@@ -20,7 +20,13 @@ from omnitok.demo.contact_sheet import Cell
 from omnitok.demo.eval_baselines import to_pixels
 from omnitok.demo.eval_data import EvalItem
 from omnitok.demo.eval_metrics import Outcome, judge_image, judge_speech, judge_text
-from omnitok.generate.generator import Answer, GenerationSettings, Generator
+from omnitok.generate.generator import (
+    Answer,
+    GenerationSettings,
+    Generator,
+    check_words,
+    several_passes,
+)
 from omnitok.generate.sampling import ModalitySampling, SamplingParams
 from omnitok.tokenizers.bundle import TokenizerBundle
 from omnitok.tokenizers.document import AudioSegment, Document, ImageSegment, TextSegment
@@ -51,6 +57,9 @@ class EvalSettings:
     via_text: bool = False
     image_weight: float = 1.0  # text --rerank: weight of log p(prompt image | text)
     speech_weight: float = 0.0  # text --rerank: weight of log p(prompt speech | text)
+    word_by_word: bool = False  # speech from text one word at a time
+    max_word_seconds: float = 1.5
+    word_cfg_scale: float | None = None  # guidance of each word (default: cfg_scale)
 
 
 @dataclass
@@ -97,10 +106,14 @@ def prepare(gen: Generator, direction: str, items: list[EvalItem],
     """Encode the prompts and check that each fits the model, before any generation."""
     gs = generation_settings(items[0].kind, settings)
     gs.via_text = gs.via_text and uses_media_reading(direction)
+    gs.word_by_word = (settings.word_by_word and gs.target == "audio"
+                       and (gs.via_text or not uses_media_reading(direction)))
+    gs.max_word_seconds, gs.word_cfg_scale = settings.max_word_seconds, settings.word_cfg_scale
     docs = [gen.tokenizers.document(list(it.prompt)) for it in items]
     if settings.shuffle_image_codes:
         docs = [shuffled_image_codes(doc, settings.seed + it.line) for doc, it in zip(docs, items)]
     try:
+        check_words(docs, gs)
         gen.requests(docs, gs, gen.grammar(gs))
     except OmnitokError as e:
         raise OmnitokError(f"{direction}: {e}") from None
@@ -124,7 +137,7 @@ def shuffled_image_codes(doc: Document, seed: int) -> Document:
 def generate(gen: Generator, docs: list[Document], settings: GenerationSettings,
              progress: Callable[[int], None]) -> list[Answer]:
     """Answers in order; `progress(n)` is told how many are finished as batches complete."""
-    if settings.rerank > 1 or settings.via_text:  # several passes: whole batches at a time
+    if several_passes(settings):  # whole batches at a time
         answers: list[Answer] = []
         for start in range(0, len(docs), settings.batch_size):
             chunk = docs[start:start + settings.batch_size]

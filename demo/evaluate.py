@@ -47,7 +47,8 @@ def eval_command(
     max_text_tokens: int = 32, max_audio_seconds: float = 6.0, seed: int = 0,
     sheet: int = 64, dtype: DType = "auto", device: str = "cpu", quiet: bool = False,
     shuffle_image_codes: bool = False, rerank: int = 1, via_text: bool = False,
-    image_weight: float = 1.0, speech_weight: float = 0.0,
+    image_weight: float = 1.0, speech_weight: float = 0.0, word_by_word: bool = False,
+    max_word_seconds: float = 1.5, word_cfg_scale: float | None = None,
 ) -> None:
     """Score a checkpoint on held-out prompts in every direction with independent judges.
 
@@ -90,11 +91,18 @@ def eval_command(
             the candidate) counts beside log p(the candidate | the prompt).
         speech_weight: the same for the prompt's speech ("say:" + the candidate); 0 by
             default, since the built-in model does not yet speak the captions it is given.
+        word_by_word: speech answers to a prompt that ends with text (text->audio,
+            image+text->audio, and image->audio with --via-text) spoken one word at a time,
+            as the world's word-by-word documents have it (`omnitok generate --word-by-word`).
+        max_word_seconds: --word-by-word: the longest speech of one word.
+        word_cfg_scale: --word-by-word: guidance of each word's speech (default: --cfg-scale);
+            its unconditional row is the same document without that word's text.
     """
     start = time.perf_counter()
     settings = EvalSettings(batch_size, greedy, sampling, cfg_scale,
                             max_text_tokens, max_audio_seconds, seed, shuffle_image_codes,
-                            rerank, via_text, image_weight, speech_weight)
+                            rerank, via_text, image_weight, speech_weight, word_by_word,
+                            max_word_seconds, word_cfg_scale)
     _check(settings)
     groups = choose_directions(by_direction(read_heldout(data, limit)), directions)
     checkpoint = _load(ckpt, dtype, device)
@@ -122,6 +130,8 @@ def print_report(report: dict, out: Path) -> None:
         shuffled += f", answers best of {report['settings']['rerank']} read back"
     if report["settings"].get("via_text"):
         shuffled += ", media->media via text"
+    if report["settings"].get("word_by_word"):
+        shuffled += ", speech word by word"
     print(f"{report['checkpoint']} on {report['data']}: {n} held-out lines, {report['dtype']}"
           f"{shuffled}")
     print(format_table(report["scores"], report["baselines"]))
@@ -141,6 +151,8 @@ def _check(settings: EvalSettings) -> None:
         raise OmnitokError(f"--rerank must be >= 1, got {settings.rerank}")
     if settings.max_audio_seconds <= 0:
         raise OmnitokError(f"--max-audio-seconds must be > 0, got {settings.max_audio_seconds}")
+    if settings.max_word_seconds <= 0:
+        raise OmnitokError(f"--max-word-seconds must be > 0, got {settings.max_word_seconds}")
 
 
 def _load(ckpt: Path | None, dtype: str, device: str):

@@ -9,7 +9,10 @@
                                               others), OUT/val_shards/ (held-out)
     train       omnitok train              -> OUT/run/ (checkpoints, metrics with the
                                               held-out loss, curves)
-    eval        omnitok eval               -> OUT/eval/ (eval.json, contact sheet)
+    speech      omnitok tokenize, train    -> OUT/shards_speech/, OUT/speech_run/: the train
+                                              stage's model goes on speaking word by word
+    eval        omnitok eval               -> OUT/eval/ (eval.json, contact sheet) of the
+                                              speech stage's model, --word-by-word
 
 Each stage is skipped when its output is complete (the data builder, the tokenizer and the
 trainer resume on their own), so an interrupted recipe picks up where it stopped: rerun the
@@ -24,6 +27,12 @@ within a fraction of a pass. So every image->text and text->image document is to
 but only `other_fraction` of the other directions' documents, and the model trains on both
 (`--data shards_image --mix shards:1`). It trains in bfloat16 where the CPU has native
 support (`omnitok.native_bf16`), float32 elsewhere (about half as fast).
+
+Speech generation is learned last, from its own documents: the speech stage takes the text->audio
+documents of the first `speech_samples` training samples (each caption spoken word by word:
+the world's text->audio lines) and a seeded `speech_mix` share of those samples' other lines,
+and trains the train stage's model `speech_steps` more steps on them at a lower learning rate.
+Its model (OUT/speech_run/last) is the recipe's result.
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ from pathlib import Path
 
 from omnitok import OmnitokError, atomic_write_text
 
-STAGES = ("data", "text", "image", "audio", "tokenize", "train", "eval")
+STAGES = ("data", "text", "image", "audio", "tokenize", "train", "speech", "eval")
 IMAGE_DIRECTIONS = ("image->text", "text->image")
 
 
@@ -60,13 +69,18 @@ class RecipeSettings:
     lr: float = 2e-3
     warmup_steps: int = 100
     condition_dropout: float = 0.1
+    speech_samples: int = 6000  # the speech stage: text->audio lines of these samples ...
+    speech_mix: float = 0.17  # ... and this share of their other lines
+    speech_steps: int = 600
+    speech_lr: float = 8e-4
     eval_limit: int = 50
 
     @classmethod
     def quick(cls) -> RecipeSettings:
         return cls(n_train=24, n_heldout=8, text_vocab=300, image_steps=4, audio_steps=4,
                    preset="debug", other_fraction=0.5, train_steps=6, batch_size=2, seq_len=1024,
-                   warmup_steps=2, eval_limit=1)
+                   warmup_steps=2, speech_samples=24, speech_mix=0.5, speech_steps=4,
+                   eval_limit=1)
 
 
 def demo_train(*, out: Path = Path("runs/demo"), data: Path = Path("data/demo"),
@@ -80,7 +94,7 @@ def demo_train(*, out: Path = Path("runs/demo"), data: Path = Path("data/demo"),
         data: folder of the shapes-and-speech world (built when missing).
         quick: the small plumbing check (minutes): tiny world, debug preset, few steps.
         stages: stages to run, in order (finished ones are skipped): data text image audio
-            tokenize train eval.
+            tokenize train speech eval.
         preset: model preset (default: tiny; debug with --quick).
         train_steps: optimizer steps of the model.
         other_fraction: share of the documents in directions other than image->text and
@@ -111,7 +125,7 @@ def demo_train(*, out: Path = Path("runs/demo"), data: Path = Path("data/demo"),
         log[name] = {"seconds": round(seconds, 1), "total_seconds": round(spent, 1)}
         _write_log(out, log, s)
     total = sum(v.get("total_seconds", v.get("seconds", 0.0)) for v in log.values())
-    print(f"recipe done in {total / 60:.1f} min: checkpoint {out / 'run' / 'last'}, "
+    print(f"recipe done in {total / 60:.1f} min: checkpoint {out / 'speech_run' / 'last'}, "
           f"eval {out / 'eval'}")
 
 
@@ -176,14 +190,34 @@ def _stages(out: Path, data: Path, s: RecipeSettings, threads: int | None,
                       checkpoint_every=max(1, min(500, s.train_steps)),
                       val_data=out / "val_shards", val_every=max(1, min(250, s.train_steps)))
 
+    def speech() -> None:
+        from omnitok import native_bf16
+        from omnitok.train.commands import tokenize_command, train_command
+
+        speech_lines = data / f"train_speech_{s.speech_samples}_{s.speech_mix:g}_{seed}.jsonl"
+        speech_manifest(manifest, speech_lines, s.speech_samples, s.speech_mix, seed)
+        tokenize_command(speech_lines, tokenizer=tok, out=out / "shards_speech", workers=2)
+        run = out / "speech_run"
+        train_command(data=out / "shards_speech", out=run, init=out / "run" / "last",
+                      image_neighbours=True, image_summary=s.image_summary,
+                      precision="bf16" if native_bf16() else "32",
+                      resume=(run / "last").exists(), max_steps=s.speech_steps,
+                      batch_size=s.batch_size, seq_len=s.seq_len, lr=s.speech_lr,
+                      min_lr=s.speech_lr / 16, warmup_steps=min(30, s.warmup_steps),
+                      condition_dropout=s.condition_dropout, seed=seed + 11, threads=threads,
+                      checkpoint_every=max(1, min(150, s.speech_steps)),
+                      val_data=out / "val_shards", val_every=max(1, min(300, s.speech_steps)))
+
     def evaluate() -> None:
         from omnitok.demo.evaluate import eval_command
+        from omnitok.generate.showcase import WORD_CFG_SCALE
 
-        eval_command(out / "run" / "last", data=data / "heldout.jsonl", limit=s.eval_limit,
-                     out=out / "eval", seed=seed)
+        eval_command(out / "speech_run" / "last", data=data / "heldout.jsonl",
+                     limit=s.eval_limit, out=out / "eval", seed=seed, word_by_word=True,
+                     word_cfg_scale=WORD_CFG_SCALE)
 
     return {"data": data_stage, "text": text, "image": image, "audio": audio,
-            "tokenize": tokenize, "train": train, "eval": evaluate}
+            "tokenize": tokenize, "train": train, "speech": speech, "eval": evaluate}
 
 
 def split_manifest(manifest: Path, image_out: Path, other_out: Path, fraction: float,
@@ -209,6 +243,37 @@ def split_manifest(manifest: Path, image_out: Path, other_out: Path, fraction: f
     atomic_write_text(image_out, "".join(image))
     atomic_write_text(other_out, "".join(other))
     return len(image), len(other)
+
+
+def speech_manifest(manifest: Path, out: Path, n_samples: int, mix: float, seed: int
+                    ) -> tuple[int, int]:
+    """Write the lines of `manifest`'s first `n_samples` samples to `out` (beside it): every
+    text->audio line (spoken word by word) and a seeded `mix` share of the others, in their
+    order. Returns (text->audio lines, other lines)."""
+    import numpy as np
+
+    speech, other, order = [], [], []
+    with manifest.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                doc = json.loads(line)
+                index = int(str(doc["sample"]).rpartition("-")[2])
+            except (ValueError, KeyError, TypeError):
+                raise OmnitokError(f"{manifest}:{number}: not a demo-world line (JSON with "
+                                   f"a 'sample' such as train-000123)") from None
+            if index >= n_samples:
+                continue
+            speech_line = doc.get("direction") == "text->audio"
+            (speech if speech_line else other).append(line)
+            order.append((speech_line, len(speech if speech_line else other) - 1))
+    keep = set(np.random.default_rng([seed, 5]).permutation(len(other))[:round(mix * len(other))]
+               .tolist())
+    lines = [speech[i] if is_speech else other[i] for is_speech, i in order
+             if is_speech or i in keep]
+    atomic_write_text(out, "".join(lines))
+    return len(speech), len(keep)
 
 
 def _read_log(out: Path) -> dict:

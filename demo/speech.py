@@ -161,12 +161,22 @@ def synthesize(text: str, voice: str = "en+m3", rate: int = 150, pitch: int = 50
         sample_rate: output rate in Hz; resampled from espeak-ng's 22,050 Hz.
         pitch_range: intonation range, 0..99 (0 is monotone).
     """
+    return synthesize_words(text, voice, rate, pitch, sample_rate, pitch_range)[0]
+
+
+def synthesize_words(text: str, voice: str = "en+m3", rate: int = 150, pitch: int = 50,
+                     sample_rate: int = 16000, pitch_range: int = 50
+                     ) -> tuple[np.ndarray, tuple[float, ...]]:
+    """`synthesize`, and where each word of `text` starts: seconds into the returned samples
+    (espeak-ng's word events; 0 for a word that starts in the trimmed silence)."""
     if not 4000 <= sample_rate <= 192000:
         raise SpeechError(f"sample_rate must be in [4000, 192000] Hz, got {sample_rate}")
     utt = speak(text, voice, rate, pitch, pitch_range)
     x = utt.samples.astype(np.float32) / 32768.0
-    x = x[slice(*trim_bounds(x, NATIVE_RATE))]
-    return np.clip(resample(x, NATIVE_RATE, sample_rate), -1.0, 1.0)
+    lo, hi = trim_bounds(x, NATIVE_RATE)
+    onsets = tuple(round(min(max(0, o - lo), hi - lo) / NATIVE_RATE, 4)
+                   for o in utt.word_onsets)
+    return np.clip(resample(x[lo:hi], NATIVE_RATE, sample_rate), -1.0, 1.0), onsets
 
 
 def trim_bounds(x: np.ndarray, sample_rate: int, threshold_db: float = -40.0,

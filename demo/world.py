@@ -46,7 +46,7 @@ DIRECTIONS = ("text->image", "image->text", "text->audio", "audio->text", "audio
 INSTRUCTIONS = {"image": "draw:", "audio": "say:", "text": "write:"}
 SUPERSAMPLE = 4
 FORMAT_VERSION = 1
-_MEDIA = re.compile(r"(train|heldout)-\d{6}\.(png|wav)")
+_MEDIA = re.compile(r"(train|heldout)-\d{6}\.(png|wav|words\.json)")
 
 
 class WorldError(OmnitokError, ValueError):
@@ -184,6 +184,11 @@ class Sample:
     def audio(self) -> str:
         return f"audio/{self.name}.wav"
 
+    @property
+    def words(self) -> str:
+        """Where each word of the clip starts (JSON), for the word-by-word documents."""
+        return f"audio/{self.name}.words.json"
+
 
 def choose_unseen(seed: int) -> list[Attrs]:
     """Combinations kept out of training: `N_UNSEEN_PER_VALUE` per shape, per colour and per
@@ -237,8 +242,9 @@ def _seen(unseen: tuple[Attrs, ...]) -> list[Attrs]:
     return [a for a in all_combos() if a not in held]
 
 
-def documents(sample: Sample, seed: int) -> list[dict]:
-    """The manifest lines of one sample: one per direction, then one with all three."""
+def documents(sample: Sample, seed: int, onsets: tuple[float, ...]) -> list[dict]:
+    """The manifest lines of one sample: one per direction, then one with all three. Where a
+    text is followed by its speech, the text is spoken word by word (`spoken_words`)."""
     media = {"image": {"image": sample.image}, "audio": {"audio": sample.audio}}
     meta = {"split": sample.split, "sample": sample.name, "caption": sample.attrs.caption,
             "attrs": asdict(sample.attrs), "voice": sample.voice, "rate": sample.rate,
@@ -249,12 +255,46 @@ def documents(sample: Sample, seed: int) -> list[dict]:
         segments = ([{"text": f"{INSTRUCTIONS[target]} {caption}"}] if source == "text"
                     else [{"text": INSTRUCTIONS[target]}, media[source]])
         segments.append({"text": caption} if target == "text" else media[target])
-        docs.append({"segments": segments, "direction": direction, **meta})
+        docs.append({"segments": spoken_words(segments, onsets), "direction": direction,
+                     **meta})
     rng = np.random.default_rng([seed, 11, int(sample.split == "train"), sample.index])
     order = [("text", "image", "audio")[i] for i in rng.permutation(3)]
     segments = [{"text": sample.attrs.caption} if m == "text" else media[m] for m in order]
-    docs.append({"segments": segments, "direction": "->".join(order), **meta})
+    docs.append({"segments": spoken_words(segments, onsets), "direction": "->".join(order),
+                 **meta})
     return docs
+
+
+def spoken_words(segments: list[dict], onsets: tuple[float, ...]) -> list[dict]:
+    """A text segment followed by its speech becomes word by word: the text's instruction
+    ("say:") on its own, then each word followed by its span of the clip (`from` its onset
+    `to` the next word's), so a model learns which sound each word makes and speaks a text
+    one word at a time (`omnitok generate --word-by-word`)."""
+    out: list[dict] = []
+    spoken = None  # the clip just spoken word by word
+    for i, seg in enumerate(segments):
+        after = segments[i + 1] if i + 1 < len(segments) else {}
+        if seg is spoken:
+            continue
+        if "text" not in seg or "audio" not in after:
+            out.append(seg)
+            continue
+        head, _, rest = seg["text"].partition(" ")
+        instruction = head if head.endswith(":") else ""
+        words = (rest if instruction else seg["text"]).split()
+        if not words:  # an instruction before speech to read ("write:")
+            out.append(seg)
+            continue
+        spoken = after
+        if len(words) != len(onsets):
+            raise WorldError(f"{len(onsets)} word onsets for the {len(words)} words of "
+                             f"{seg['text']!r}")
+        out += [{"text": instruction}] if instruction else []
+        for k, word in enumerate(words):
+            span = {"from": onsets[k]} if k else {}
+            span.update({"to": onsets[k + 1]} if k + 1 < len(words) else {})
+            out += [{"text": word}, {"audio": after["audio"], **span}]
+    return out
 
 
 def describe() -> dict:
@@ -296,8 +336,8 @@ def build_world(out: Path, *, n_train: int, n_heldout: int, seed: int = 0, size:
     samples = ([make_sample(seed, "train", i, unseen) for i in range(n_train)]
                + [make_sample(seed, "heldout", i, unseen) for i in range(n_heldout)])
     todo = [s for s in samples
-            if not ((out / s.image).is_file() and (out / s.audio).is_file())]
-    _remove_stale(out, {Path(p).name for s in samples for p in (s.image, s.audio)})
+            if not all((out / p).is_file() for p in (s.image, s.audio, s.words))]
+    _remove_stale(out, {Path(p).name for s in samples for p in (s.image, s.audio, s.words)})
     jobs = [(out, s, size, sample_rate) for s in todo]
     with _progress(progress, len(samples), len(samples) - len(todo)) as advance:
         for _ in _run(jobs, workers):
@@ -305,7 +345,7 @@ def build_world(out: Path, *, n_train: int, n_heldout: int, seed: int = 0, size:
     counts = {}
     for split, name in (("train", "train.jsonl"), ("heldout", "heldout.jsonl")):
         docs = [d for s in samples if (s.split == "train") == (split == "train")
-                for d in documents(s, seed)]
+                for d in documents(s, seed, read_onsets(out, s))]
         atomic_write_text(out / name, "".join(json.dumps(d) + "\n" for d in docs))
         counts[name] = len(docs)
     world = {**config, **describe(), "unseen": [asdict(a) for a in unseen],
@@ -354,18 +394,36 @@ def write_sample(out: Path, sample: Sample, size: int, sample_rate: int) -> None
     """Render and speak one sample; each file is written atomically, existing ones kept."""
     import soundfile as sf
 
-    from omnitok.demo.speech import synthesize
+    from omnitok.demo.speech import synthesize_words
 
     if not (out / sample.image).is_file():
         a = sample.attrs
         image = render(a.shape, a.colour, a.background, size=size, jitter=sample.jitter)
         with atomic_path(out / sample.image) as tmp:
             image.save(tmp, format="PNG")
-    if not (out / sample.audio).is_file():
-        wav = synthesize(sample.attrs.caption, sample.voice, sample.rate, sample.pitch,
-                         sample_rate)
-        with atomic_path(out / sample.audio) as tmp:
-            sf.write(tmp, wav, sample_rate, subtype="PCM_16", format="WAV")
+    if not ((out / sample.audio).is_file() and (out / sample.words).is_file()):
+        wav, onsets = synthesize_words(sample.attrs.caption, sample.voice, sample.rate,
+                                       sample.pitch, sample_rate)
+        if not (out / sample.audio).is_file():
+            with atomic_path(out / sample.audio) as tmp:
+                sf.write(tmp, wav, sample_rate, subtype="PCM_16", format="WAV")
+        words = {"words": sample.attrs.caption.split(), "onsets": list(onsets)}
+        atomic_write_text(out / sample.words, json.dumps(words) + "\n")
+
+
+def read_onsets(out: Path, sample: Sample) -> tuple[float, ...]:
+    """The word onsets (seconds) that `write_sample` recorded for the sample's clip."""
+    path = out / sample.words
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        onsets = tuple(float(t) for t in data["onsets"])
+        words = data["words"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise WorldError(f"{path}: unreadable word onsets ({e}); delete it and rebuild") from None
+    if words != sample.attrs.caption.split() or len(onsets) != len(words):
+        raise WorldError(f"{path}: its words are not those of {sample.attrs.caption!r}; "
+                         f"delete it and rebuild")
+    return onsets
 
 
 def _write_job(job: tuple) -> None:

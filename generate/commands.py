@@ -17,6 +17,8 @@ from omnitok.generate.generator import (
     GenerationSettings,
     Generator,
     check_reading,
+    check_words,
+    several_passes,
 )
 from omnitok.generate.outputs import AnswerStream, write_answer
 from omnitok.generate.prompts import (
@@ -52,7 +54,8 @@ def generate_command(
     attn: Literal["sdpa", "triton", "flash"] | None = None, dtype: DType = "auto",
     device: str = "cpu", compile: bool = False, quiet: bool = False, rerank: int = 1,
     via_text: bool = False, read_instruction: str = "write:",
-    image_weight: float = 1.0, speech_weight: float = 0.0,
+    image_weight: float = 1.0, speech_weight: float = 0.0, word_by_word: bool = False,
+    max_word_seconds: float = 1.5, word_cfg_scale: float | None = None,
 ) -> None:
     """Generate text, images and audio from prompts that mix them, with one model.
 
@@ -102,6 +105,13 @@ def generate_command(
             the candidate) counts beside log p(the candidate | the prompt).
         speech_weight: the same for the prompt's speech ("say:" + the candidate); 0 by
             default, since the built-in model does not yet speak the captions it is given.
+        word_by_word: speech from text one word at a time: after the text's instruction
+            ("say:"), each word as its own text segment, then the speech the model makes of
+            it, as the word-by-word documents of training have it (`omnitok data demo`); one
+            WAV of all the words. The prompt must end with the text to speak.
+        max_word_seconds: --word-by-word: the longest speech of one word.
+        word_cfg_scale: --word-by-word: guidance of each word's speech (default: --cfg-scale);
+            its unconditional row is the same document without that word's text.
     """
     if prompt and prompts is not None:
         raise OmnitokError("give prompt segments or --prompts FILE, not both")
@@ -120,12 +130,14 @@ def generate_command(
         greedy=greedy, cfg_scale=cfg_scale, cfg_interval=interval,
         negative_prompt=text_document(negative_prompt), seed=seed, batch_size=batch_size,
         rerank=rerank, via_text=via_text, read_instruction=read_instruction,
-        image_weight=image_weight, speech_weight=speech_weight)
+        image_weight=image_weight, speech_weight=speech_weight, word_by_word=word_by_word,
+        max_word_seconds=max_word_seconds, word_cfg_scale=word_cfg_scale)
     check_reading(settings)
-    if stream and (rerank > 1 or via_text):
-        raise OmnitokError("--stream follows one answer as it is drawn; --rerank and "
-                           "--via-text pick or build the answer after several passes")
-    gen.requests(docs, settings, gen.grammar(settings))  # what cannot run fails before any work
+    if stream and several_passes(settings):
+        raise OmnitokError("--stream follows one answer as it is drawn; --rerank, --via-text "
+                           "and --word-by-word pick or build the answer after several passes")
+    check_words(docs, settings)  # what cannot run fails before any work
+    gen.requests(docs, settings, gen.grammar(settings))
     stems = ["answer"] if len(docs) == 1 else [f"{i:04d}" for i in range(len(docs))]
     if not quiet:
         print(f"{describe_backend(backend, device)}, {str(torch_dtype).removeprefix('torch.')}",
@@ -154,11 +166,12 @@ def _run(gen: Generator, docs, settings: GenerationSettings, output: Path, stems
     """Decode every prompt; with `stream`, follow the single answer as it grows."""
     from rich.progress import Progress, TextColumn, TimeElapsedColumn
 
-    if settings.rerank > 1 or settings.via_text:  # several passes per answer
+    if several_passes(settings):
         with Progress(TextColumn("{task.description}"), TimeElapsedColumn(), disable=quiet,
                       transient=True) as bar:
             bar.add_task(f"generating {len(docs)} answer(s)"
-                         + (f", best of {settings.rerank}" if settings.rerank > 1 else ""))
+                         + (f", best of {settings.rerank}" if settings.rerank > 1 else "")
+                         + (", word by word" if settings.word_by_word else ""))
             return gen.generate(docs, settings), frozenset()
     requests: list = []
     sinks = ({0: AnswerStream(gen.tokenizers, output, stems[0])}

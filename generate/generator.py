@@ -28,18 +28,20 @@ from omnitok.generate.rerank import (
     prompt_text,
     read_back_scores,
     reading_text,
+    split_instruction,
     transcription_prompt,
     with_text,
 )
 from omnitok.generate.sampling import ModalitySampling, SamplingParams
 from omnitok.model.checkpoint import Checkpoint
-from omnitok.tokenizers.document import Document
+from omnitok.tokenizers.document import AudioSegment, Document, TextSegment
 from omnitok.tokenizers.text import TextTokenizer
 from omnitok.tokenizers.vocab import Modality, Vocab
 
 DEFAULT_TEXT_TOKENS = 256
 READ_TOKENS = 64  # --via-text: the longest text written of a prompt's media
 ROUND_SEEDS = 100_003  # --rerank: candidate j of prompt i draws with seed + j * this + i
+WORD_SEEDS = 1_000_003  # --word-by-word: word k of prompt i draws with seed + k * this + i
 
 
 @dataclass
@@ -62,6 +64,9 @@ class GenerationSettings:
     say_instruction: str = "say:"  # --rerank of text: put before a text to score speech
     image_weight: float = 1.0  # --rerank of text: weight of log p(prompt image | text)
     speech_weight: float = 0.0  # --rerank of text: weight of log p(prompt speech | text)
+    word_by_word: bool = False  # audio: speak the prompt's text one word at a time
+    max_word_seconds: float = 1.5  # --word-by-word: the longest speech of one word
+    word_cfg_scale: float | None = None  # --word-by-word: guidance of each word (cfg_scale)
 
 
 @dataclass
@@ -98,6 +103,11 @@ def check_reading(settings: GenerationSettings) -> None:
     if settings.via_text and settings.target not in ("image", "audio"):
         raise OmnitokError(f"--via-text applies to image and audio answers: use --to image "
                            f"or --to audio (got --to {settings.target})")
+    if settings.word_by_word and settings.target != "audio":
+        raise OmnitokError(f"--word-by-word speaks a text: use --to audio "
+                           f"(got --to {settings.target})")
+    if settings.word_by_word and not settings.max_word_seconds > 0:
+        raise OmnitokError(f"--max-word-seconds must be > 0, got {settings.max_word_seconds:g}")
 
 
 def check_text_rerank(prompt: Document, settings: GenerationSettings, index: int) -> None:
@@ -105,6 +115,33 @@ def check_text_rerank(prompt: Document, settings: GenerationSettings, index: int
     if settings.rerank > 1 and settings.target == "text" and media_of(prompt) is None:
         raise OmnitokError(f"--rerank of a text answer scores it against the prompt's image "
                            f"or audio, and prompt {index} has none")
+
+
+def spoken_words(prompt: Document, index: int) -> tuple[list, list[str]]:
+    """(the segments before the words, the words) of a --word-by-word prompt: its closing
+    text segment split into its instruction (kept with the segments before it) and words."""
+    if not prompt.segments or not isinstance(prompt.segments[-1], TextSegment):
+        raise OmnitokError(f"--word-by-word speaks the text a prompt ends with, and prompt "
+                           f"{index} does not end with text")
+    instruction, text = split_instruction(prompt.segments[-1].text)
+    if not text.split():
+        raise OmnitokError(f"--word-by-word: prompt {index} has no words to speak after "
+                           f"{instruction!r}")
+    head = list(prompt.segments[:-1]) + ([TextSegment(instruction)] if instruction else [])
+    return head, text.split()
+
+
+def several_passes(settings: GenerationSettings) -> bool:
+    """Whether an answer takes several passes (--rerank, --via-text, --word-by-word), so that
+    it cannot be streamed id by id."""
+    return settings.rerank > 1 or settings.via_text or settings.word_by_word
+
+
+def check_words(prompts: Sequence[Document], settings: GenerationSettings) -> None:
+    """--word-by-word: each prompt ends with words to speak (one-line error otherwise)."""
+    if settings.word_by_word:
+        for i, prompt in enumerate(prompts):
+            spoken_words(prompt, i)
 
 
 def candidate_sampling(settings: GenerationSettings) -> GenerationSettings:
@@ -181,15 +218,21 @@ class Generator:
             raise OmnitokError("the prompt is empty")
         return self.codec.encode(prompt, bos=True, eos=False)
 
-    def _uncond(self, settings: GenerationSettings, opening: list[int]) -> list[int]:
-        if settings.negative_prompt is not None:
-            return self.encode_prompt(settings.negative_prompt) + opening
+    def _uncond(self, settings: GenerationSettings, opening: list[int],
+                negative: Document | None = None) -> list[int]:
+        negative = negative if negative is not None else settings.negative_prompt
+        if negative is not None:
+            return self.encode_prompt(negative) + opening
         if "<uncond>" not in self.vocab.specials:
             raise OmnitokError("this vocabulary has no <uncond> token for guidance")
         return [self.vocab.special("<bos>"), self.vocab.special("<uncond>")] + opening
 
     def requests(self, prompts: Sequence[Document], settings: GenerationSettings,
-                 grammar: Grammar, first_index: int = 0) -> list[Request]:
+                 grammar: Grammar, first_index: int = 0, seeds: Sequence[int] | None = None,
+                 negatives: Sequence[Document] | None = None) -> list[Request]:
+        """Request i draws with `seeds[i]`, by default `settings.seed + first_index + i`;
+        its guidance row (with `cfg_scale` != 1) has the prompt `negatives[i]`, by default
+        `settings.negative_prompt` or <uncond>."""
         out = []
         for i, prompt in enumerate(prompts):
             check_text_rerank(prompt, settings, first_index + i)
@@ -197,8 +240,11 @@ class Generator:
             budget = self.budget(grammar, settings, len(ids) + (settings.target in
                                                                  ("image", "audio")))
             state, opening = grammar.start(budget)
-            uncond = self._uncond(settings, opening) if settings.cfg_scale != 1.0 else None
-            out.append(Request(ids + opening, state, uncond, settings.seed + first_index + i))
+            negative = None if negatives is None else negatives[i]
+            uncond = (self._uncond(settings, opening, negative) if settings.cfg_scale != 1.0
+                      else None)
+            seed = settings.seed + first_index + i if seeds is None else seeds[i]
+            out.append(Request(ids + opening, state, uncond, seed))
         return out
 
     def engine(self, settings: GenerationSettings, grammar: Grammar) -> Engine:
@@ -211,16 +257,21 @@ class Generator:
 
     # ---- running -------------------------------------------------------------------------
     def stream(self, prompts: Sequence[Document], settings: GenerationSettings,
-               on_batch: Callable[[list[Request]], None] | None = None
+               on_batch: Callable[[list[Request]], None] | None = None,
+               seeds: Sequence[int] | None = None, negatives: Sequence[Document] | None = None
                ) -> Iterator[tuple[int, int]]:
-        """(prompt index, id) for every generated id, batch after batch of `batch_size`."""
+        """(prompt index, id) for every generated id, batch after batch of `batch_size`;
+        prompt i draws with `seeds[i]` (default `settings.seed + i`) and is guided away from
+        `negatives[i]` (`requests`)."""
         grammar = self.grammar(settings)
         engine = self.engine(settings, grammar)
         guided = engine.guidance is not None
         self._pack_for(min(settings.batch_size, len(prompts)) * (2 if guided else 1))
         for start in range(0, len(prompts), settings.batch_size):
-            batch = self.requests(prompts[start:start + settings.batch_size], settings,
-                                  grammar, start)
+            stop = start + settings.batch_size
+            batch = self.requests(prompts[start:stop], settings, grammar, start,
+                                  None if seeds is None else seeds[start:stop],
+                                  None if negatives is None else negatives[start:stop])
             if on_batch is not None:
                 on_batch(batch)
             for step in engine.run(batch):
@@ -236,8 +287,15 @@ class Generator:
             if settings.target == "text":
                 return self._best_text_of(prompts, settings)
             return self._best_of(prompts, settings)
+        if settings.word_by_word:
+            return self._word_by_word(prompts, settings)
+        return self._sampled(prompts, settings)
+
+    def _sampled(self, prompts: Sequence[Document], settings: GenerationSettings,
+                 seeds: Sequence[int] | None = None,
+                 negatives: Sequence[Document] | None = None) -> list[Answer]:
         requests: list[Request] = []
-        for _ in self.stream(prompts, settings, requests.extend):
+        for _ in self.stream(prompts, settings, requests.extend, seeds, negatives):
             pass
         return [self.answer(r) for r in requests]
 
@@ -335,6 +393,51 @@ class Generator:
         chained = [with_text(p, text) for p, text in zip(prompts, heard)]
         answers = self.generate(chained, replace(settings, via_text=False))
         return [replace(a, via=text) for a, text in zip(answers, heard)]
+
+    def _word_by_word(self, prompts: Sequence[Document], settings: GenerationSettings
+                      ) -> list[Answer]:
+        """Speech of each prompt's closing text, one word at a time, as the word-by-word
+        documents of training have it: the instruction ("say:"), then each word as its own
+        text segment followed by the speech the model makes of it (at most
+        `max_word_seconds`). The answer is one audio segment, the words' speech in order.
+
+        With guidance (`word_cfg_scale`, by default `cfg_scale`, != 1; no `negative_prompt`),
+        the guidance row of each word
+        is the same document without that word's text: guidance then pushes the speech
+        toward what this word changes, and keeps the voice and the words before it (the
+        <uncond> row has neither)."""
+        heads, words = zip(*(spoken_words(p, i) for i, p in enumerate(prompts)))
+        docs = [list(head) for head in heads]
+        parts: list[list[torch.Tensor]] = [[] for _ in prompts]
+        cfg = settings.cfg_scale if settings.word_cfg_scale is None else settings.word_cfg_scale
+        step = replace(settings, word_by_word=False, max_audio_seconds=settings.max_word_seconds,
+                       cfg_scale=cfg)
+        for k in range(max(map(len, words))):
+            live = [i for i, w in enumerate(words) if k < len(w)]
+            for i in live:
+                docs[i].append(TextSegment(words[i][k]))
+            seeds = [settings.seed + k * WORD_SEEDS + i for i in live]
+            without = None
+            if cfg != 1.0 and settings.negative_prompt is None:
+                without = [Document(docs[i][:-1]) if len(docs[i]) > 1 else None for i in live]
+            answers = self._sampled([Document(docs[i]) for i in live], step, seeds, without)
+            for i, a in zip(live, answers):
+                codes = self._speech_of(a)
+                docs[i].append(AudioSegment(codes))
+                parts[i].append(codes)
+        out = []
+        for i, prompt in enumerate(prompts):
+            speech = Document([AudioSegment(torch.cat(parts[i], 1))])
+            ids = self.codec.encode(speech, bos=False, eos=False)
+            out.append(Answer(self.encode_prompt(prompt), ids, speech, settings.seed + i))
+        return out
+
+    def _speech_of(self, answer: Answer) -> torch.Tensor:
+        """The codes (K, F) of an audio answer, (K, 0) where it has none."""
+        seg = next((s for s in answer.document if isinstance(s, AudioSegment)), None)
+        if seg is not None:
+            return seg.codes.long()
+        return torch.zeros(self.vocab.audio.n_q, 0, dtype=torch.long)
 
     def answer(self, request: Request) -> Answer:
         opening = request.state.history[:len(request.state.history) - len(request.tokens)]

@@ -1,7 +1,8 @@
 """`omnitok demo` with a trained shapes-and-speech checkpoint: one answer in every modality.
 
 From one built-in caption it draws the image (`draw: <caption>`), speaks the caption
-(`say: <caption>`), then captions its own image (`write:` + the image): text -> image,
+(`say: <caption>`, word by word, each word guided away from the speech without it, audio at
+temperature 0.7), then captions its own image (`write:` + the image): text -> image,
 text -> audio and image -> text with one model, written as PNG, WAV and TXT. Each answer is
 the best of RERANK candidates (`--rerank`): the image and the speech as the model reads them
 back, the caption as it fits the image both ways.
@@ -10,6 +11,7 @@ back, the caption as it fits the image both ways.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from omnitok.generate.generator import GenerationSettings, Generator
@@ -19,6 +21,8 @@ from omnitok.tokenizers.document import Document, ImageSegment, TextSegment
 
 CAPTION = "a red circle on a blue background"
 RERANK = 8
+WORD_CFG_SCALE = 3.0  # speech: guidance of each word (README, "Speech word by word")
+SPEECH_TEMPERATURE = 0.7
 
 
 def showcase(ckpt: Path, out: Path, *, caption: str = CAPTION, seed: int = 0,
@@ -30,7 +34,7 @@ def showcase(ckpt: Path, out: Path, *, caption: str = CAPTION, seed: int = 0,
           f"in {time.perf_counter() - t0:.1f} s")
     files = []
     jobs = [("image", Document([TextSegment(f"draw: {caption}")]), 2.0),
-            ("audio", Document([TextSegment(f"say: {caption}")]), 1.0)]
+            ("audio", Document([TextSegment(f"say: {caption}")]), WORD_CFG_SCALE)]
     image = None
     for target, prompt, cfg in jobs:
         if getattr(gen.tokenizers, target) is None:
@@ -53,6 +57,10 @@ def _answer(gen: Generator, prompt: Document, target: str, cfg: float, seed: int
                                   rerank=RERANK)
     if target == "text":
         settings.greedy = True
+    if target == "audio":
+        settings.word_by_word = True
+        settings.sampling = replace(settings.sampling, audio=replace(
+            settings.sampling.audio, temperature=SPEECH_TEMPERATURE))
     t0 = time.perf_counter()
     [answer] = gen.generate([prompt], settings)
     return answer, time.perf_counter() - t0

@@ -33,7 +33,7 @@ from omnitok.tokenizers.document import (
 from omnitok.tokenizers.image_io import ImageTokenizerError
 from omnitok.tokenizers.text import TextTokenizer
 from omnitok.tokenizers.vocab import Modality
-from omnitok.train.manifest import ManifestDocument
+from omnitok.train.manifest import ManifestDocument, ManifestSegment
 from omnitok.train.shards import SPAN_KINDS, TokenDocument
 
 _KIND = {Modality(k): i for i, k in enumerate(SPAN_KINDS)}
@@ -87,13 +87,14 @@ class DocumentEncoder:
 
     def encode(self, doc: ManifestDocument) -> TokenDocument:
         """Ids (L,) and spans (S, 3); raises SkipDocument (in strict mode BadDocument)."""
-        segments = [self._segment(doc, s.kind, s.value) for s in doc.segments]
+        segments = [self._segment(doc, s) for s in doc.segments]
         try:
             return token_document(self.codec, Document(segments), doc.line)
         except DocumentError as e:
             raise self._skip(doc, "cannot serialize", str(e)) from None
 
-    def _segment(self, doc: ManifestDocument, kind: str, value: str | Path) -> Segment:
+    def _segment(self, doc: ManifestDocument, seg: ManifestSegment) -> Segment:
+        kind, value = seg.kind, seg.value
         if kind == "text":
             if not value.strip():
                 raise self._skip(doc, "empty text", "a text segment holds no text")
@@ -103,7 +104,23 @@ class DocumentEncoder:
             raise self._skip(doc, "wrong media type", f"{value}: a {got} file given as {kind}")
         if not isinstance(codes, torch.Tensor):
             raise self._skip(doc, got, codes)
-        return ImageSegment(codes) if kind == "image" else AudioSegment(codes)
+        if kind == "image":
+            return ImageSegment(codes)
+        if seg.span is not None:
+            codes = self._frames(doc, value, codes, seg.span)
+        return AudioSegment(codes)
+
+    def _frames(self, doc: ManifestDocument, path: Path, codes: torch.Tensor,
+                span: tuple[float, float | None]) -> torch.Tensor:
+        """The frames of a file's codes (K, F) that a span in seconds names."""
+        rate = self.bundle.audio.frame_rate
+        start = round(span[0] * rate)
+        stop = codes.shape[1] if span[1] is None else min(codes.shape[1], round(span[1] * rate))
+        if stop <= start:
+            where = f"{span[0]:g}-{'end' if span[1] is None else f'{span[1]:g}'} s"
+            raise self._skip(doc, "empty audio span", f"{path}: {where} holds no frame of its "
+                             f"{codes.shape[1] / rate:.2f} s")
+        return codes[:, start:stop]
 
     def _codes(self, path: Path) -> tuple[str, torch.Tensor | str]:
         """(kind, codes) of a media file, or (reason, detail) if it cannot be used; cached."""

@@ -3,8 +3,11 @@
     {"segments": [{"text": "a red circle"}, {"image": "img/1.png"}, {"audio": "wav/1.wav"}],
      ...any other keys: metadata kept as is}
 
-A bare JSON list of segments per line is accepted too. Media paths are relative to the
-manifest's folder and may not escape it. A malformed line (bad JSON or UTF-8, wrong shape,
+An audio segment may name a span of its file in seconds, `{"audio": "wav/1.wav", "from": 0.4,
+"to": 0.9}` (either bound may be left out): its codes are those frames of the whole file's
+codes, so the spans of one file, in order, concatenate to the file's codes (the speech of a
+caption interleaved word by word with its text, say). A bare JSON list of segments per line
+is accepted too. Media paths are relative to the manifest's folder and may not escape it. A malformed line (bad JSON or UTF-8, wrong shape,
 a path escaping the root, a missing file) is skipped and counted; `strict=True` raises instead.
 """
 
@@ -20,6 +23,7 @@ from pathlib import Path
 from omnitok import OmnitokError
 
 KINDS = ("text", "image", "audio")
+SPAN_KEYS = ("from", "to")  # an audio segment's span of its file, in seconds
 
 
 class ManifestError(OmnitokError, ValueError):
@@ -30,6 +34,7 @@ class ManifestError(OmnitokError, ValueError):
 class ManifestSegment:
     kind: str  # "text" | "image" | "audio"
     value: str | Path  # the text, or the resolved absolute path of the media file
+    span: tuple[float, float | None] | None = None  # audio: (from, to) seconds of the file
 
 
 @dataclass
@@ -111,14 +116,31 @@ def parse_line(raw: bytes, root: Path, number: int = 0,
 
 
 def _segment(seg: object, root: Path, check_files: bool) -> ManifestSegment:
-    if not isinstance(seg, dict) or len(seg) != 1 or next(iter(seg)) not in KINDS:
+    kinds = [k for k in seg if k in KINDS] if isinstance(seg, dict) else []
+    kind = kinds[0] if len(kinds) == 1 else None
+    if kind is None or set(seg) - {kind, *(SPAN_KEYS if kind == "audio" else ())}:
         raise ManifestError(f"bad segment: expected one of {{text|image|audio: ...}}, got {seg!r}")
-    kind, value = next(iter(seg.items()))
+    value = seg[kind]
     if not isinstance(value, str):
         raise ManifestError(f"bad segment: {kind} must be a string, got {type(value).__name__}")
     if kind == "text":
         return ManifestSegment(kind, value)
-    return ManifestSegment(kind, resolve_media(value, root, check_files))
+    return ManifestSegment(kind, resolve_media(value, root, check_files), _span(seg))
+
+
+def _span(seg: dict) -> tuple[float, float | None] | None:
+    """The (from, to) seconds of an audio segment, None when it names neither."""
+    if not set(SPAN_KEYS) & set(seg):
+        return None
+    bounds = [seg.get(k) for k in SPAN_KEYS]
+    for key, b in zip(SPAN_KEYS, bounds):
+        if b is not None and (isinstance(b, bool) or not isinstance(b, (int, float))
+                              or not 0 <= b < float("inf")):
+            raise ManifestError(f"bad span: {key} must be seconds >= 0, got {b!r}")
+    start, stop = float(bounds[0] or 0.0), bounds[1]
+    if stop is not None and stop <= start:
+        raise ManifestError(f"bad span: to ({stop}) must be after from ({start})")
+    return start, None if stop is None else float(stop)
 
 
 def resolve_media(rel: str, root: Path, check_files: bool = True) -> Path:

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from PIL import Image
 
@@ -110,6 +111,11 @@ def test_read_heldout(world):
     t2i = groups["text->image"][0]
     assert t2i.prompt == (("text", f"draw: {t2i.caption}"),) and t2i.target[1].is_file()
     assert "[speech: " in groups["audio->image"][0].prompt_text()
+    for t2a in groups["text->audio"]:  # spoken word by word in the manifest: whole here
+        assert t2a.prompt == (("text", f"say: {t2a.caption}"),)
+        assert t2a.target[0] == "audio" and t2a.target[1].suffix == ".wav"
+    for it in groups.get("image+text->audio", []):
+        assert it.prompt[-1] == ("text", it.caption) and it.prompt[0][0] == "image"
     limited = read_heldout(world / "heldout.jsonl", limit=1)
     assert len(by_direction(limited)["image->text"]) == 2  # one per split
     assert direction_key("image->text->audio") == "image+text->audio"
@@ -343,3 +349,21 @@ def test_eval_reads_answers_back_when_asked(world, ckpt, tmp_path, capsys):
     assert main(["eval", str(ckpt), "--data", str(world / "heldout.jsonl"), "--out",
                  str(tmp_path / "bad"), "--rerank", "0"]) == 1
     assert "--rerank must be >= 1" in capsys.readouterr().err
+
+
+def test_eval_speaks_word_by_word_when_asked(world, ckpt, tmp_path, capsys):
+    main(["eval", str(ckpt), "--data", str(world / "heldout.jsonl"), "--out", str(tmp_path),
+          "--directions", "text->audio", "image->audio", "image+text->audio",
+          "--word-by-word", "--max-word-seconds", "0.05", "--quiet", "--sheet", "0"])
+    assert "speech word by word" in capsys.readouterr().out
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert report["settings"]["word_by_word"] and report["settings"]["max_word_seconds"] == 0.05
+    items = {it["direction"]: it for it in report["items"]}
+    assert set(items) == {"text->audio", "image->audio", "image+text->audio"}
+    from omnitok.model.checkpoint import load_checkpoint
+
+    spec = load_checkpoint(ckpt).tokenizers.vocab.audio
+    most = 7 * max(1, round(0.05 * spec.frame_rate)) * spec.sample_rate / spec.frame_rate
+    for direction in ("text->audio", "image+text->audio"):  # 7 words, each at most 0.05 s
+        assert 0 < sf.info(tmp_path / items[direction]["file"]).frames <= most
+    assert items["image->audio"]["file"]  # no text to speak: spoken whole, as without the flag

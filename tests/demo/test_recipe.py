@@ -20,8 +20,14 @@ def test_quick_recipe_writes_every_artefact_and_resumes(tmp_path, capsys):
                  "tok/audio/model.safetensors", "shards_image/index.json", "shards/index.json",
                  "val_shards/index.json",
                  "run/metrics.csv",
-                 "run/curves.png", "eval/eval.json", "eval/contact_sheet.png"):
+                 "run/curves.png", "shards_speech/index.json", "speech_run/metrics.csv",
+                 "eval/eval.json", "eval/contact_sheet.png"):
         assert (out / path).exists(), path
+    speech_rows = read_log(out / "speech_run" / "metrics.csv")
+    assert speech_rows[-1]["step"] == 4 and speech_rows[-1]["val_loss"] > 0
+    report = json.loads((out / "eval" / "eval.json").read_text())
+    assert report["checkpoint"] == str(out / "speech_run" / "last")
+    assert report["settings"]["word_by_word"]
     rows = read_log(out / "run" / "metrics.csv")
     assert rows[-1]["val_loss"] > 0  # the held-out loss at the last step
     ckpt = load_checkpoint(out / "run" / "last")
@@ -66,6 +72,32 @@ def test_split_manifest_keeps_every_image_line_and_a_seeded_share_of_the_rest(tm
     with pytest.raises(OmnitokError, match=r"train.jsonl:2: not JSON"):
         split_manifest(manifest, image, other, 0.25, seed=3)
     assert other.read_text() == (tmp_path / "again.jsonl").read_text()  # left as it was
+
+
+def test_speech_manifest_keeps_the_first_samples_speech_and_a_share_of_the_rest(tmp_path):
+    from omnitok.demo.recipe import speech_manifest
+
+    directions = ["image->text", "text->image", "audio->text", "text->audio", "audio->image",
+                  "image->audio", "audio->image->text"]
+    lines = [json.dumps({"segments": [{"text": f"s{i}"}], "direction": d,
+                         "sample": f"train-{i:06d}"}) + "\n"
+             for i in range(40) for d in directions]
+    manifest = tmp_path / "train.jsonl"
+    manifest.write_text("".join(lines))
+    out = tmp_path / "speech.jsonl"
+    assert speech_manifest(manifest, out, 30, 0.5, seed=3) == (30, 90)
+    kept = out.read_text().splitlines(keepends=True)
+    first = lines[:30 * 7]
+    assert kept == sorted(kept, key=first.index) and len(set(kept)) == 120  # in order
+    assert [x for x in kept if '"text->audio"' in x] == [x for x in first if '"text->audio"' in x]
+    speech_manifest(manifest, tmp_path / "again.jsonl", 30, 0.5, seed=3)
+    assert (tmp_path / "again.jsonl").read_text() == out.read_text()
+    speech_manifest(manifest, tmp_path / "seed4.jsonl", 30, 0.5, seed=4)
+    assert (tmp_path / "seed4.jsonl").read_text() != out.read_text()
+    manifest.write_text(lines[0] + json.dumps({"segments": [{"text": "x"}]}) + "\n")
+    with pytest.raises(OmnitokError, match=r"train.jsonl:2: not a demo-world line"):
+        speech_manifest(manifest, out, 30, 0.5, seed=3)
+    assert out.read_text() == (tmp_path / "again.jsonl").read_text()  # left as it was
 
 
 @pytest.mark.parametrize("fraction", ["0", "1.5", "-0.1"])

@@ -25,7 +25,9 @@ from omnitok.demo.world import (
     documents,
     make_sample,
     parse_caption,
+    read_onsets,
     render,
+    spoken_words,
 )
 
 N_TRAIN, N_HELDOUT = 24, 8
@@ -75,7 +77,8 @@ def test_unseen_combinations_keep_every_value_and_pair_in_training():
 def test_documents_every_direction_target_last():
     sample = make_sample(0, "heldout", 3, choose_unseen(0))
     assert sample == make_sample(0, "heldout", 3, choose_unseen(0))
-    docs = documents(sample, 0)
+    onsets = (0.0, 0.1, 0.4, 0.8, 0.9, 1.0, 1.3)
+    docs = documents(sample, 0, onsets)
     assert [d["direction"] for d in docs[:6]] == list(DIRECTIONS)
     assert sorted(docs[6]["direction"].split("->")) == ["audio", "image", "text"]
     for d in docs:
@@ -83,8 +86,56 @@ def test_documents_every_direction_target_last():
         assert target in d["segments"][-1]
         assert d["attrs"] == {"shape": sample.attrs.shape, "colour": sample.attrs.colour,
                               "background": sample.attrs.background}
+    audio = sample.audio
+    words = [{"text": "say:"}]
+    for k, word in enumerate(sample.attrs.caption.split()):
+        span = {"from": onsets[k]} if k else {}
+        words += [{"text": word}, {"audio": audio, **span,
+                                   **({"to": onsets[k + 1]} if k < 6 else {})}]
+    assert docs[2]["segments"] == words  # text->audio: spoken word by word
+    assert docs[3]["segments"] == [{"text": "write:"}, {"audio": audio},
+                                   {"text": sample.attrs.caption}]
+    assert docs[4]["segments"][1] == {"audio": audio}  # "draw:" + speech stays whole
     assert docs[1]["segments"][-1] == {"text": sample.attrs.caption}
     assert sample.split == "heldout-unseen" and sample.attrs in choose_unseen(0)
+
+
+@pytest.mark.parametrize("order", [("image", "text", "audio"), ("text", "audio", "image"),
+                                   ("audio", "text", "image")])
+def test_spoken_words_where_speech_follows_its_text(order):
+    media = {"image": {"image": "i.png"}, "text": {"text": "a red star"},
+             "audio": {"audio": "a.wav"}}
+    segments = [media[m] for m in order]
+    got = spoken_words(segments, (0.0, 0.2, 0.5))
+    if "text->audio" not in "->".join(order):
+        assert got == segments
+        return
+    start = order.index("text")
+    words = [{"text": "a"}, {"audio": "a.wav", "to": 0.2}, {"text": "red"},
+             {"audio": "a.wav", "from": 0.2, "to": 0.5}, {"text": "star"},
+             {"audio": "a.wav", "from": 0.5}]
+    assert got == segments[:start] + words + segments[start + 2:]
+    with pytest.raises(WorldError, match="2 word onsets for the 3 words of 'a red star'"):
+        spoken_words(segments, (0.0, 0.2))
+
+
+def test_word_onsets_are_recorded_beside_each_clip(world):
+    sample = make_sample(0, "train", 1, choose_unseen(0))
+    onsets = read_onsets(world, sample)
+    wav, rate = sf.read(world / sample.audio)
+    assert len(onsets) == 7 and list(onsets) == sorted(onsets) and onsets[0] < 0.05
+    assert onsets[-1] < len(wav) / rate - 0.2  # "background" takes a while
+    [doc] = [d for d in read(world / "train.jsonl")
+             if d["sample"] == sample.name and d["direction"] == "text->audio"]
+    assert [s["to"] for s in doc["segments"] if "to" in s] == list(onsets[1:])
+    (world / sample.words).write_text('{"words": ["a"], "onsets": [0]}')
+    try:
+        with pytest.raises(WorldError, match="train-000001.words.json: its words are not"):
+            build(world)
+    finally:
+        (world / sample.words).unlink()
+        build(world)  # written again from the clip's arguments
+    assert read_onsets(world, sample) == onsets
 
 
 def files(root: Path) -> dict[str, bytes]:

@@ -13,6 +13,9 @@ from PIL import Image
 from omnitok.cli import build_parser, main
 from omnitok.generate import outputs
 from omnitok.generate.commands import generate_command
+from omnitok.generate.generator import GenerationSettings, Generator
+from omnitok.model.checkpoint import load_checkpoint
+from omnitok.tokenizers.document import Document, TextSegment
 from omnitok.generate.prompts import PromptPart
 
 
@@ -201,3 +204,26 @@ def test_rerank_and_via_text_from_the_command_line(capsys, any_ckpt, media, tmp_
                        "--rerank", "2", "--stream", "-o", tmp_path / "s")
     one_line_error(code, err, "--stream follows one answer")
     assert not (tmp_path / "t").exists() and not (tmp_path / "s").exists()
+
+
+def test_word_by_word_from_the_command_line(capsys, any_ckpt, media, tmp_path):
+    code, _, err = run(capsys, "generate", any_ckpt, "--text", "say: a red star", "--to",
+                       "audio", "--word-by-word", "--max-word-seconds", "0.05", "--seed", "4",
+                       "-o", tmp_path)
+    assert code == 0, err
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["settings"]["word_by_word"] is True
+    wav, rate = sf.read(tmp_path / "answer_0.wav")
+    gen = Generator(load_checkpoint(any_ckpt))
+    settings = GenerationSettings(target="audio", word_by_word=True, max_word_seconds=0.05,
+                                  seed=4)
+    [answer] = gen.generate([Document([TextSegment("say: a red star")])], settings)
+    [seg] = answer.document.segments
+    assert len(wav) == seg.codes.shape[1] * round(rate / gen.vocab.audio.frame_rate)
+    code, _, err = run(capsys, "generate", any_ckpt, "--text", "say:", "--audio",
+                       media / "in.wav", "--to", "audio", "--word-by-word", "-o", tmp_path / "w")
+    one_line_error(code, err, "does not end with text")
+    code, _, err = run(capsys, "generate", any_ckpt, "--text", "say: a", "--to", "image",
+                       "--word-by-word", "-o", tmp_path / "i")
+    one_line_error(code, err, "--word-by-word speaks a text: use --to audio")
+    assert not (tmp_path / "w").exists() and not (tmp_path / "i").exists()

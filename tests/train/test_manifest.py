@@ -59,3 +59,31 @@ def test_media_files(corpus, tmp_path):
     assert [f.name for f in files] == ["a.png"]
     with pytest.raises(ManifestError, match="no such manifest"):
         media_files([tmp_path / "nope.jsonl"], "image", (".png",))
+
+
+def test_audio_spans(tmp_path):
+    (tmp_path / "b.wav").write_bytes(b"x")
+    (tmp_path / "a.png").write_bytes(b"x")
+    good = [[{"text": "a"}, {"audio": "b.wav", "to": 0.25}, {"text": "red"},
+             {"audio": "b.wav", "from": 0.25, "to": 1}, {"audio": "b.wav", "from": 1}],
+            [{"from": 0.5, "audio": "b.wav"}]]
+    bad = {"bad span": [{"audio": "b.wav", "from": -1}, {"audio": "b.wav", "to": "1"},
+                        {"audio": "b.wav", "from": 1, "to": 0.5},
+                        {"audio": "b.wav", "from": True}],
+           "bad segment": [{"image": "a.png", "from": 0}, {"text": "x", "to": 1},
+                           {"audio": "b.wav", "until": 1},
+                           {"audio": "b.wav", "text": "x"}]}
+    lines = [json.dumps({"segments": s}) for s in good]
+    lines += [json.dumps({"segments": [s]}) for segs in bad.values() for s in segs]
+    path = tmp_path / "m.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    docs, stats = read_manifest(path)
+    assert [s.span for s in docs[0].segments] == [None, (0.0, 0.25), None, (0.25, 1.0),
+                                                  (1.0, None)]
+    assert docs[1].segments[0].span == (0.5, None) and docs[1].segments[0].kind == "audio"
+    assert dict(stats.skipped) == {reason: len(segs) for reason, segs in bad.items()}
+    with pytest.raises(ManifestError, match=r"m.jsonl:3: bad span: from must be seconds >= 0"):
+        read_manifest(path, strict=True)
+    path.write_text(lines[4] + "\n")
+    with pytest.raises(ManifestError, match=r"m.jsonl:1: bad span: to \(0.5\) must be after"):
+        read_manifest(path, strict=True)

@@ -9,9 +9,11 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from omnitok.cli import main
 from omnitok.tokenizers.bundle import TokenizerBundle
+from omnitok.tokenizers.document import AudioSegment, Document, TextSegment
 from omnitok.train.encode import BadDocument
 from omnitok.train.manifest import ManifestError, read_manifest
 from omnitok.train.pretokenize import PretokenizeError, tokenize_corpus
@@ -39,15 +41,51 @@ def test_shards_decode_to_the_codec_ids(shards, world, tok):
     data = TokenShards(out)
     assert len(data) == len(docs) == summary.documents == 21 and summary.shards == 3
     for i, doc in enumerate(docs):
-        expected = codec.encode(bundle.document([(s.kind, s.value) for s in doc.segments]))
+        document = expected_document(bundle, doc)
+        expected = codec.encode(document)
         got = data[i]
         assert got.ids.tolist() == expected and got.line == doc.line
         assert [(SPAN_KINDS[k], a, b) for k, a, b in got.spans.tolist()] == \
             [(m.value, a, b) for m, a, b in codec.segment_spans(expected)]
-        assert codec.decode(got.ids).normalized() == bundle.document(
-            [(s.kind, s.value) for s in doc.segments]).normalized()
+        assert codec.decode(got.ids).normalized() == document.normalized()
     assert data.lengths.sum() == sum(summary.tokens.values())
     assert data.ids(0).dtype == np.uint16 and data.vocab == bundle.vocab
+
+
+def expected_document(bundle: TokenizerBundle, doc) -> Document:
+    """The manifest document encoded segment by segment; an audio span is the frames from
+    round(from * rate) to round(to * rate) of its whole file's codes."""
+    segments = []
+    for seg in doc.segments:
+        [encoded] = bundle.document([(seg.kind, seg.value)]).segments
+        if seg.span is not None:
+            rate, (start, stop) = bundle.audio.frame_rate, seg.span
+            stop = encoded.codes.shape[1] if stop is None else round(stop * rate)
+            encoded = AudioSegment(encoded.codes[:, round(start * rate):stop])
+        segments.append(encoded)
+    return Document(segments)
+
+
+def test_word_spans_tile_their_clip(shards, world, tok):
+    out, _ = shards
+    bundle = TokenizerBundle.load(tok)
+    docs, _ = read_manifest(world / "train.jsonl")
+    data = TokenShards(out)
+    spoken = [i for i, d in enumerate(docs) if any(s.span for s in d.segments)]
+    # text->audio, and the all-three lines where the speech follows the text
+    assert spoken == [i for i, d in enumerate(docs) if "text->audio" in d.meta["direction"]]
+    assert len(spoken) > 3
+    for i in spoken:
+        decoded = bundle.codec().decode(data[i].ids)
+        clips = {s.value for s in docs[i].segments if s.span}
+        [clip] = clips
+        audio = [s.codes for s in decoded if isinstance(s, AudioSegment)]
+        words = [s.text for s in decoded if isinstance(s, TextSegment)]
+        caption = docs[i].meta["caption"].split()  # the first word decodes joined to "say:"
+        assert len(audio) == 7 and [w.strip() for w in words[-6:]] == caption[1:]
+        assert words[-7].endswith(caption[0])
+        assert torch.equal(torch.cat(audio, 1), bundle.encode_file(clip)[1])
+        assert all(a.shape[1] > 0 for a in audio)
 
 
 def test_rerun_keeps_shards_and_output_is_byte_identical(shards, world, tok, tmp_path):
