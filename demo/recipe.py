@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -228,16 +228,8 @@ def split_manifest(manifest: Path, image_out: Path, other_out: Path, fraction: f
     import numpy as np
 
     image, other = [], []
-    with manifest.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                doc = json.loads(line)
-            except ValueError:
-                raise OmnitokError(f"{manifest}:{number}: not JSON") from None
-            direction = doc.get("direction") if isinstance(doc, dict) else None
-            (image if direction in IMAGE_DIRECTIONS else other).append(line)
+    for _, line, doc in _lines(manifest):
+        (image if doc.get("direction") in IMAGE_DIRECTIONS else other).append(line)
     keep = np.random.default_rng(seed).permutation(len(other))[:round(fraction * len(other))]
     other = [other[i] for i in np.sort(keep)]
     atomic_write_text(image_out, "".join(image))
@@ -253,27 +245,36 @@ def speech_manifest(manifest: Path, out: Path, n_samples: int, mix: float, seed:
     import numpy as np
 
     speech, other, order = [], [], []
-    with manifest.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                doc = json.loads(line)
-                index = int(str(doc["sample"]).rpartition("-")[2])
-            except (ValueError, KeyError, TypeError):
-                raise OmnitokError(f"{manifest}:{number}: not a demo-world line (JSON with "
-                                   f"a 'sample' such as train-000123)") from None
-            if index >= n_samples:
-                continue
-            speech_line = doc.get("direction") == "text->audio"
-            (speech if speech_line else other).append(line)
-            order.append((speech_line, len(speech if speech_line else other) - 1))
+    for number, line, doc in _lines(manifest):
+        try:
+            index = int(str(doc["sample"]).rpartition("-")[2])
+        except (ValueError, KeyError):
+            raise OmnitokError(f"{manifest}:{number}: not a demo-world line (JSON with a "
+                               f"'sample' such as train-000123)") from None
+        if index >= n_samples:
+            continue
+        speech_line = doc.get("direction") == "text->audio"
+        (speech if speech_line else other).append(line)
+        order.append((speech_line, len(speech if speech_line else other) - 1))
     keep = set(np.random.default_rng([seed, 5]).permutation(len(other))[:round(mix * len(other))]
                .tolist())
     lines = [speech[i] if is_speech else other[i] for is_speech, i in order
              if is_speech or i in keep]
     atomic_write_text(out, "".join(lines))
     return len(speech), len(keep)
+
+
+def _lines(manifest: Path) -> Iterator[tuple[int, str, dict]]:
+    """(line number, line, its JSON object; {} for other JSON) of each non-blank line."""
+    with manifest.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                raise OmnitokError(f"{manifest}:{number}: not JSON") from None
+            yield number, line, doc if isinstance(doc, dict) else {}
 
 
 def _read_log(out: Path) -> dict:
