@@ -24,7 +24,6 @@ from omnitok.generate.generator import (
     Answer,
     GenerationSettings,
     Generator,
-    check_words,
     several_passes,
 )
 from omnitok.generate.sampling import ModalitySampling, SamplingParams
@@ -113,7 +112,6 @@ def prepare(gen: Generator, direction: str, items: list[EvalItem],
     if settings.shuffle_image_codes:
         docs = [shuffled_image_codes(doc, settings.seed + it.line) for doc, it in zip(docs, items)]
     try:
-        check_words(docs, gs)
         gen.requests(docs, gs, gen.grammar(gs))
     except OmnitokError as e:
         raise OmnitokError(f"{direction}: {e}") from None

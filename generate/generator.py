@@ -137,9 +137,16 @@ def several_passes(settings: GenerationSettings) -> bool:
     return settings.rerank > 1 or settings.via_text or settings.word_by_word
 
 
+def ends_with_words(prompt: Document) -> bool:
+    """Whether the prompt ends with a text of words to speak (beyond an instruction)."""
+    last = prompt.segments[-1] if prompt.segments else None
+    return isinstance(last, TextSegment) and bool(split_instruction(last.text)[1].split())
+
+
 def check_words(prompts: Sequence[Document], settings: GenerationSettings) -> None:
-    """--word-by-word: each prompt ends with words to speak (one-line error otherwise)."""
-    if settings.word_by_word:
+    """--word-by-word: each prompt ends with words to speak (one-line error otherwise);
+    with --via-text, the text the model writes of the media is what it speaks."""
+    if settings.word_by_word and not settings.via_text:
         for i, prompt in enumerate(prompts):
             spoken_words(prompt, i)
 
@@ -405,7 +412,24 @@ class Generator:
         the guidance row of each word
         is the same document without that word's text: guidance then pushes the speech
         toward what this word changes, and keeps the voice and the words before it (the
-        <uncond> row has neither)."""
+        <uncond> row has neither). A prompt that does not end with words (`omnitok generate`
+        refuses one: `check_words`) is answered whole, as without --word-by-word."""
+        out: dict[int, Answer] = {}
+        spoken = [i for i, p in enumerate(prompts) if ends_with_words(p)]
+        whole = [i for i in range(len(prompts)) if i not in set(spoken)]
+        if whole:
+            answers = self._sampled([prompts[i] for i in whole], replace(
+                settings, word_by_word=False), [settings.seed + i for i in whole])
+            out.update(zip(whole, answers))
+        if spoken:
+            out.update(zip(spoken, self._spoken([prompts[i] for i in spoken], settings,
+                                                [settings.seed + i for i in spoken])))
+        return [out[i] for i in range(len(prompts))]
+
+    def _spoken(self, prompts: Sequence[Document], settings: GenerationSettings,
+                seeds: Sequence[int]) -> list[Answer]:
+        """`_word_by_word` of prompts that end with words; prompt i's word k draws with
+        `seeds[i] + k * WORD_SEEDS`."""
         heads, words = zip(*(spoken_words(p, i) for i, p in enumerate(prompts)))
         docs = [list(head) for head in heads]
         parts: list[list[torch.Tensor]] = [[] for _ in prompts]
@@ -416,11 +440,11 @@ class Generator:
             live = [i for i, w in enumerate(words) if k < len(w)]
             for i in live:
                 docs[i].append(TextSegment(words[i][k]))
-            seeds = [settings.seed + k * WORD_SEEDS + i for i in live]
             without = None
             if cfg != 1.0 and settings.negative_prompt is None:
                 without = [Document(docs[i][:-1]) if len(docs[i]) > 1 else None for i in live]
-            answers = self._sampled([Document(docs[i]) for i in live], step, seeds, without)
+            answers = self._sampled([Document(docs[i]) for i in live], step,
+                                    [seeds[i] + k * WORD_SEEDS for i in live], without)
             for i, a in zip(live, answers):
                 codes = self._speech_of(a)
                 docs[i].append(AudioSegment(codes))
@@ -429,7 +453,7 @@ class Generator:
         for i, prompt in enumerate(prompts):
             speech = Document([AudioSegment(torch.cat(parts[i], 1))])
             ids = self.codec.encode(speech, bos=False, eos=False)
-            out.append(Answer(self.encode_prompt(prompt), ids, speech, settings.seed + i))
+            out.append(Answer(self.encode_prompt(prompt), ids, speech, seeds[i]))
         return out
 
     def _speech_of(self, answer: Answer) -> torch.Tensor:

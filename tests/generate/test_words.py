@@ -15,6 +15,7 @@ from omnitok.generate.generator import (
     WORD_SEEDS,
     GenerationSettings,
     Generator,
+    check_words,
     spoken_words,
 )
 from omnitok.model.checkpoint import load_checkpoint
@@ -95,7 +96,20 @@ def test_word_by_word_errors(gen):
     with pytest.raises(OmnitokError, match="--max-word-seconds must be > 0"):
         gen.generate([Document([TextSegment("say: a")])],
                      GenerationSettings(target="audio", word_by_word=True, max_word_seconds=0))
-    with pytest.raises(OmnitokError, match="does not end with text"):
-        gen.generate([Document([TextSegment("say:"),
-                                AudioSegment(torch.zeros(2, 3, dtype=torch.long))])],
-                     GenerationSettings(target="audio", word_by_word=True))
+    audio = Document([TextSegment("say:"), AudioSegment(torch.zeros(2, 3, dtype=torch.long))])
+    with pytest.raises(OmnitokError, match="prompt 0 does not end with text"):
+        check_words([audio], GenerationSettings(target="audio", word_by_word=True))
+    check_words([audio], GenerationSettings(target="audio", word_by_word=True, via_text=True))
+
+
+def test_prompts_without_words_are_answered_whole(gen):
+    audio = Document([TextSegment("say:"), AudioSegment(torch.arange(6).reshape(2, 3) % 16)])
+    words = Document([TextSegment("say: a red")])
+    settings = GenerationSettings(target="audio", seed=7, max_word_seconds=0.1,
+                                  max_audio_seconds=0.2)
+    mixed = gen.generate([audio, words, audio], replace(settings, word_by_word=True))
+    whole = gen.generate([audio, words, audio], settings)
+    assert mixed[0].ids == whole[0].ids and mixed[2].ids == whole[2].ids
+    assert mixed[2].seed == 9
+    [alone] = gen.generate([words], replace(settings, word_by_word=True, seed=8))
+    assert mixed[1].ids == alone.ids  # the same seed whatever else is in the call
