@@ -436,10 +436,14 @@ class Generator:
         cfg = settings.cfg_scale if settings.word_cfg_scale is None else settings.word_cfg_scale
         step = replace(settings, word_by_word=False, max_audio_seconds=settings.max_word_seconds,
                        cfg_scale=cfg)
+        grammar, stopped = self.grammar(step), set()
         for k in range(max(map(len, words))):
-            live = [i for i, w in enumerate(words) if k < len(w)]
+            live = [i for i, w in enumerate(words) if k < len(w) and i not in stopped]
             for i in live:
                 docs[i].append(TextSegment(words[i][k]))
+            if k > 0:  # a prompt whose next word finds no room in the context stops there
+                stopped |= {i for i in live if not self._room(grammar, step, docs[i])}
+                live = [i for i in live if i not in stopped]
             without = None
             if cfg != 1.0 and settings.negative_prompt is None:
                 without = [Document(docs[i][:-1]) if len(docs[i]) > 1 else None for i in live]
@@ -455,6 +459,14 @@ class Generator:
             ids = self.codec.encode(speech, bos=False, eos=False)
             out.append(Answer(self.encode_prompt(prompt), ids, speech, seeds[i]))
         return out
+
+    def _room(self, grammar: Grammar, settings: GenerationSettings, doc: list) -> bool:
+        """Whether the context has room for the audio answer to `doc`."""
+        try:
+            self.budget(grammar, settings, len(self.encode_prompt(Document(doc))) + 1)
+        except OmnitokError:
+            return False
+        return True
 
     def _speech_of(self, answer: Answer) -> torch.Tensor:
         """The codes (K, F) of an audio answer, (K, 0) where it has none."""

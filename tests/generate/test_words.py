@@ -113,3 +113,14 @@ def test_prompts_without_words_are_answered_whole(gen):
     assert mixed[2].seed == 9
     [alone] = gen.generate([words], replace(settings, word_by_word=True, seed=8))
     assert mixed[1].ids == alone.ids  # the same seed whatever else is in the call
+
+
+def test_words_stop_where_the_context_ends(gen):
+    prompt = Document([TextSegment("say: a red circle on a blue background")])
+    settings = GenerationSettings(target="audio", seed=0, word_by_word=True, max_word_seconds=1)
+    [answer] = gen.generate([prompt], settings)  # no error: the later words find no room
+    [seg] = answer.document.segments
+    n_q = gen.vocab.audio.n_q
+    assert 0 < seg.codes.shape[1] * n_q < gen.model.args.max_seq_len
+    short = gen.generate([prompt], replace(settings, max_word_seconds=0.01))[0].document[0]
+    assert short.codes.shape[1] < seg.codes.shape[1]
