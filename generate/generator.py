@@ -391,7 +391,7 @@ class Generator:
             raise OmnitokError(f"--via-text writes what a prompt's media say, and prompt "
                                f"{missing[0]} has no image or audio")
         read = replace(settings, target="text", greedy=True, cfg_scale=1.0,
-                       via_text=False, max_new_tokens=READ_TOKENS)
+                       via_text=False, word_by_word=False, max_new_tokens=READ_TOKENS)
         heard = [prompt_text(a.document) for a in self.generate(asks, read)]
         for i, text in enumerate(heard):
             if not text:

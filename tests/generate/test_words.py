@@ -124,3 +124,14 @@ def test_words_stop_where_the_context_ends(gen):
     assert 0 < seg.codes.shape[1] * n_q < gen.model.args.max_seq_len
     short = gen.generate([prompt], replace(settings, max_word_seconds=0.01))[0].document[0]
     assert short.codes.shape[1] < seg.codes.shape[1]
+
+
+def test_word_by_word_via_text_speaks_what_the_model_wrote(gen):
+    h, w = gen.image_grid()
+    image = ImageSegment(torch.arange(h * w).reshape(h, w) % 32)
+    settings = GenerationSettings(target="audio", seed=2, word_by_word=True,
+                                  max_word_seconds=0.05)
+    [answer] = gen.generate([Document([TextSegment("say:"), image])],
+                            replace(settings, via_text=True))
+    [direct] = gen.generate([Document([TextSegment(f"say: {answer.via}")])], settings)
+    assert answer.via and answer.ids == direct.ids
