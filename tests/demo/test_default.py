@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from omnitok.cli import main
-from omnitok.demo.judges import ImageJudge
+from omnitok.demo.judges import ImageJudge, SpeechJudge
 from omnitok.demo.world import parse_caption
 from omnitok.generate.demo import builtin_default
 from omnitok.model.checkpoint import load_checkpoint
@@ -40,5 +40,7 @@ def test_omnitok_demo_draws_speaks_and_captions(tmp_path, capsys):
     samples, rate = soundfile.read(wav)
     assert rate == 16000 and len(samples) >= rate // 2
     assert np.isfinite(samples).all() and np.sqrt(np.mean(samples**2)) > 1e-3
+    heard = SpeechJudge().recognise(samples, rate)  # spoken word by word: the judge hears
+    assert (heard.colour, heard.background) == ("red", "blue"), heard  # the asked words
     caption = txt.read_text(encoding="utf-8").strip()
     assert parse_caption(caption) is not None, caption
