@@ -105,8 +105,8 @@ def prepare(gen: Generator, direction: str, items: list[EvalItem],
     """Encode the prompts and check that each fits the model, before any generation."""
     gs = generation_settings(items[0].kind, settings)
     gs.via_text = gs.via_text and uses_media_reading(direction)
-    gs.word_by_word = (settings.word_by_word and gs.target == "audio"
-                       and (gs.via_text or not uses_media_reading(direction)))
+    gs.word_by_word = settings.word_by_word and gs.target == "audio"  # prompts ending with
+    # words are spoken word by word, the others whole (Generator._word_by_word)
     gs.max_word_seconds, gs.word_cfg_scale = settings.max_word_seconds, settings.word_cfg_scale
     docs = [gen.tokenizers.document(list(it.prompt)) for it in items]
     if settings.shuffle_image_codes:

@@ -416,7 +416,7 @@ class Generator:
         refuses one: `check_words`) is answered whole, as without --word-by-word."""
         out: dict[int, Answer] = {}
         spoken = [i for i, p in enumerate(prompts) if ends_with_words(p)]
-        whole = [i for i in range(len(prompts)) if i not in set(spoken)]
+        whole = sorted(set(range(len(prompts))) - set(spoken))
         if whole:
             answers = self._sampled([prompts[i] for i in whole], replace(
                 settings, word_by_word=False), [settings.seed + i for i in whole])
@@ -470,7 +470,7 @@ class Generator:
 
     def _speech_of(self, answer: Answer) -> torch.Tensor:
         """The codes (K, F) of an audio answer, (K, 0) where it has none."""
-        seg = next((s for s in answer.document if isinstance(s, AudioSegment)), None)
+        seg = media_of(answer.document)
         if seg is not None:
             return seg.codes.long()
         return torch.zeros(self.vocab.audio.n_q, 0, dtype=torch.long)
