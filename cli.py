@@ -57,6 +57,11 @@ COMMANDS: dict = {
                  "Pre-tokenize a corpus manifest into shards of unified-vocabulary ids."),
     "train": ("omnitok.train.commands:train_command",
               "Train (or fine-tune, or resume) the model on pre-tokenized shards."),
+    "reader": {
+        "_help": "The caption reader that --rerank picks images with.",
+        "train": ("omnitok.train.reader:train_reader_command",
+                  "Train a caption reader on a manifest's image-caption pairs."),
+    },
     "eval": ("omnitok.demo.evaluate:eval_command",
              "Score a checkpoint on held-out prompts in every direction with independent judges."),
     "tokenizer": {

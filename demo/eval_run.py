@@ -59,6 +59,7 @@ class EvalSettings:
     word_by_word: bool = False  # speech from text one word at a time
     max_word_seconds: float = 1.5
     word_cfg_scale: float | None = None  # guidance of each word (default: cfg_scale)
+    reader: str = "auto"  # --rerank of images: auto (the checkpoint's), none, or a folder
 
 
 @dataclass

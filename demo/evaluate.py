@@ -48,7 +48,7 @@ def eval_command(
     sheet: int = 64, dtype: DType = "auto", device: str = "cpu", quiet: bool = False,
     shuffle_image_codes: bool = False, rerank: int = 1, via_text: bool = False,
     image_weight: float = 1.0, speech_weight: float = 0.0, word_by_word: bool = False,
-    max_word_seconds: float = 1.5, word_cfg_scale: float | None = None,
+    max_word_seconds: float = 1.5, word_cfg_scale: float | None = None, reader: str = "auto",
 ) -> None:
     """Score a checkpoint on held-out prompts in every direction with independent judges.
 
@@ -79,8 +79,9 @@ def eval_command(
             line) before generating: how much the answers depend on where each code is, beyond
             which codes the image holds (a layout probe; the judges' baselines are unchanged).
         rerank: draw this many candidates per line and keep the best (the judges never
-            choose). Image and audio answers: the one that the model, reading it back
-            (`write:` + the candidate), finds likeliest to say the prompt's text. Text
+            choose). Image answers: the one the caption reader (--reader) finds likeliest
+            to show the prompt's text; without a reader, and for audio answers, the one that
+            the model, reading it back (`write:` + the candidate), finds likeliest. Text
             answers: the one with the highest log p(candidate | prompt) + log p(prompt's
             media | "draw:"/"say:" + candidate), weighted by --image-weight / --speech-weight
             (the first candidate is the plain greedy answer, the others sampled at
@@ -97,12 +98,15 @@ def eval_command(
         max_word_seconds: --word-by-word: the longest speech of one word.
         word_cfg_scale: --word-by-word: guidance of each word's speech (default: --cfg-scale);
             its unconditional row is the same document without that word's text.
+        reader: --rerank of images: the caption reader that scores them: "auto" (the
+            checkpoint's reader/ where it has one), "none" (the model reads them back), or a
+            reader folder (`omnitok reader train`).
     """
     start = time.perf_counter()
     settings = EvalSettings(batch_size, greedy, sampling, cfg_scale,
                             max_text_tokens, max_audio_seconds, seed, shuffle_image_codes,
                             rerank, via_text, image_weight, speech_weight, word_by_word,
-                            max_word_seconds, word_cfg_scale)
+                            max_word_seconds, word_cfg_scale, reader)
     _check(settings)
     groups = choose_directions(by_direction(read_heldout(data, limit)), directions)
     checkpoint = _load(ckpt, dtype, device)
@@ -187,7 +191,7 @@ def evaluate(checkpoint, groups: dict[str, list[EvalItem]], settings: EvalSettin
     under `out`; returns the report (eval.json without the run's own details)."""
     from omnitok.generate.generator import Generator
 
-    gen = Generator(checkpoint)
+    gen = Generator(checkpoint, reader=settings.reader)
     t = time.perf_counter()
     prepared = {d: prepare(gen, d, its, settings) for d, its in groups.items()}  # fail early
     seconds = {"prompts": round(time.perf_counter() - t, 3)}

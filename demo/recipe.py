@@ -11,6 +11,8 @@
                                               held-out loss, curves)
     speech      omnitok tokenize, train    -> OUT/shards_speech/, OUT/speech_run/: the train
                                               stage's model goes on speaking word by word
+    reader      omnitok reader train       -> OUT/speech_run/last/reader/: the caption reader
+                                              that --rerank picks images with
     eval        omnitok eval               -> OUT/eval/ (eval.json, contact sheet) of the
                                               speech stage's model, --word-by-word
 
@@ -32,7 +34,9 @@ Speech generation is learned last, from its own documents: the speech stage take
 documents of the first `speech_samples` training samples (each caption spoken word by word:
 the world's text->audio lines) and a seeded `speech_mix` share of those samples' other lines,
 and trains the train stage's model `speech_steps` more steps on them at a lower learning rate.
-Its model (OUT/speech_run/last) is the recipe's result.
+Its model (OUT/speech_run/last) is the recipe's result, with the caption reader beside it
+(model/reader.py): a small image-to-caption model trained on the world's image-caption
+pairs, which scores candidate images for `--rerank`.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from pathlib import Path
 
 from omnitok import OmnitokError, atomic_write_text
 
-STAGES = ("data", "text", "image", "audio", "tokenize", "train", "speech", "eval")
+STAGES = ("data", "text", "image", "audio", "tokenize", "train", "speech", "reader", "eval")
 IMAGE_DIRECTIONS = ("image->text", "text->image")
 
 
@@ -73,6 +77,7 @@ class RecipeSettings:
     speech_mix: float = 0.17  # ... and this share of their other lines
     speech_steps: int = 600
     speech_lr: float = 8e-4
+    reader_epochs: int = 12  # over the 24,000 image-caption pairs
     eval_limit: int = 50
 
     @classmethod
@@ -80,7 +85,7 @@ class RecipeSettings:
         return cls(n_train=24, n_heldout=8, text_vocab=300, image_steps=4, audio_steps=4,
                    preset="debug", other_fraction=0.5, train_steps=6, batch_size=2, seq_len=1024,
                    warmup_steps=2, speech_samples=24, speech_mix=0.5, speech_steps=4,
-                   eval_limit=1)
+                   reader_epochs=2, eval_limit=1)
 
 
 def demo_train(*, out: Path = Path("runs/demo"), data: Path = Path("data/demo"),
@@ -94,7 +99,7 @@ def demo_train(*, out: Path = Path("runs/demo"), data: Path = Path("data/demo"),
         data: folder of the shapes-and-speech world (built when missing).
         quick: the small plumbing check (minutes): tiny world, debug preset, few steps.
         stages: stages to run, in order (finished ones are skipped): data text image audio
-            tokenize train speech eval.
+            tokenize train speech reader eval.
         preset: model preset (default: tiny; debug with --quick).
         train_steps: optimizer steps of the model.
         other_fraction: share of the documents in directions other than image->text and
@@ -208,6 +213,15 @@ def _stages(out: Path, data: Path, s: RecipeSettings, threads: int | None,
                       checkpoint_every=max(1, min(150, s.speech_steps)),
                       val_data=out / "val_shards", val_every=max(1, min(300, s.speech_steps)))
 
+    def reader() -> None:
+        from omnitok.model.reader import READER_DIR
+        from omnitok.train.reader import train_reader_command
+
+        last = out / "speech_run" / "last"
+        if not (last / READER_DIR / "config.json").exists():
+            train_reader_command(manifest, tokenizer=last, epochs=s.reader_epochs, seed=seed,
+                                 threads=threads or 0)
+
     def evaluate() -> None:
         from omnitok.demo.evaluate import eval_command
         from omnitok.generate.showcase import WORD_CFG_SCALE
@@ -217,7 +231,8 @@ def _stages(out: Path, data: Path, s: RecipeSettings, threads: int | None,
                      word_cfg_scale=WORD_CFG_SCALE)
 
     return {"data": data_stage, "text": text, "image": image, "audio": audio,
-            "tokenize": tokenize, "train": train, "speech": speech, "eval": evaluate}
+            "tokenize": tokenize, "train": train, "speech": speech, "reader": reader,
+            "eval": evaluate}
 
 
 def split_manifest(manifest: Path, image_out: Path, other_out: Path, fraction: float,

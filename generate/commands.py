@@ -55,7 +55,7 @@ def generate_command(
     device: str = "cpu", compile: bool = False, quiet: bool = False, rerank: int = 1,
     via_text: bool = False, read_instruction: str = "write:",
     image_weight: float = 1.0, speech_weight: float = 0.0, word_by_word: bool = False,
-    max_word_seconds: float = 1.5, word_cfg_scale: float | None = None,
+    max_word_seconds: float = 1.5, word_cfg_scale: float | None = None, reader: str = "auto",
 ) -> None:
     """Generate text, images and audio from prompts that mix them, with one model.
 
@@ -89,10 +89,11 @@ def generate_command(
         compile: compile the decode step with torch.compile (pays off for long or many
             generations: the first step of each batch shape takes tens of seconds).
         quiet: no progress bar and no text on stdout.
-        rerank: draw this many candidates per prompt and keep the best. An image or audio
-            answer: the one that the model, reading it back (--read-instruction + the
-            candidate), finds likeliest to say the prompt's text (its text without a leading
-            "draw:"-style instruction). A text answer to a prompt with media: the one with the
+        rerank: draw this many candidates per prompt and keep the best. An image answer: the
+            one the caption reader (--reader) finds likeliest to show the prompt's text (its
+            text without a leading "draw:"-style instruction). An audio answer, or an image
+            without a reader: the one that the model, reading it back (--read-instruction +
+            the candidate), finds likeliest to say that text. A text answer to a prompt with media: the one with the
             highest log p(candidate | prompt) + log p(prompt's media | "draw:"/"say:" +
             candidate), weighted by --image-weight / --speech-weight (the first candidate is
             the plain answer; the others are sampled, at temperature 1 where text is greedy).
@@ -112,6 +113,9 @@ def generate_command(
         max_word_seconds: --word-by-word: the longest speech of one word.
         word_cfg_scale: --word-by-word: guidance of each word's speech (default: --cfg-scale);
             its unconditional row is the same document without that word's text.
+        reader: --rerank of images: the caption reader that scores them: "auto" (the
+            checkpoint's reader/ where it has one), "none" (the model reads them back), or a
+            reader folder (`omnitok reader train`).
     """
     if prompt and prompts is not None:
         raise OmnitokError("give prompt segments or --prompts FILE, not both")
@@ -120,7 +124,7 @@ def generate_command(
     ckpt = ckpt if ckpt is not None else default_checkpoint()
     torch_dtype = pick_dtype(dtype, device)
     checkpoint = load_checkpoint(ckpt, device=device, dtype=torch_dtype, attn_backend=backend)
-    gen = Generator(checkpoint, compile=compile)
+    gen = Generator(checkpoint, compile=compile, reader=reader)
     tok = checkpoint.tokenizers
     docs = (documents_from_file(prompts, tok) if prompts is not None
             else [document_from_parts(prompt or [], tok)])

@@ -34,7 +34,8 @@ from omnitok.generate.rerank import (
 )
 from omnitok.generate.sampling import ModalitySampling, SamplingParams
 from omnitok.model.checkpoint import Checkpoint
-from omnitok.tokenizers.document import AudioSegment, Document, TextSegment
+from omnitok.model.reader import CaptionReader, pick_reader
+from omnitok.tokenizers.document import AudioSegment, Document, ImageSegment, TextSegment
 from omnitok.tokenizers.text import TextTokenizer
 from omnitok.tokenizers.vocab import Modality, Vocab
 
@@ -169,13 +170,15 @@ class Generator:
     (`pack=False` keeps torch's default path); `compile` compiles the decode step."""
 
     def __init__(self, checkpoint: Checkpoint, *, pack: bool = True,
-                 compile: bool = False) -> None:
+                 compile: bool = False, reader: CaptionReader | str | None = "auto") -> None:
         self.ckpt, self.compile = checkpoint, compile
         self.model, self.tokenizers = checkpoint.model, checkpoint.tokenizers
         self.pack, self.packed_rows = pack, 0
         self.vocab = checkpoint.vocab
         self.codec = self.tokenizers.codec()
         self._text_ok = text_allowed(self.vocab, self.tokenizers.text)
+        self.reader = (reader if isinstance(reader, CaptionReader)
+                       else pick_reader(reader, checkpoint.path, self.tokenizers))
 
     def _pack_for(self, rows: int) -> None:
         """oneDNN packs a weight for an expected row count: repack when the batch changes."""
@@ -376,9 +379,22 @@ class Generator:
 
     def read_back(self, answers: Sequence[Document], texts: Sequence[str],
                   settings: GenerationSettings) -> list[float]:
-        """log p(text | the reading instruction + the answer's media) for each answer."""
-        return read_back_scores(self.model, self.codec, answers, texts,
-                                settings.read_instruction, settings.batch_size)
+        """log p(text | the answer's media) for each answer: by the caption reader for an
+        image where the generator has one, else by the model after the reading instruction."""
+        images = [i for i, a in enumerate(answers)
+                  if self.reader is not None and isinstance(media_of(a), ImageSegment)]
+        scores = [0.0] * len(answers)
+        if images:
+            codes = torch.stack([media_of(answers[i]).codes for i in images])
+            pieces = self.tokenizers.text.encode_batch([texts[i] for i in images])
+            for i, score in zip(images, self.reader.score(codes, pieces)):
+                scores[i] = score
+        rest = sorted(set(range(len(answers))) - set(images))
+        for i, score in zip(rest, read_back_scores(
+                self.model, self.codec, [answers[i] for i in rest], [texts[i] for i in rest],
+                settings.read_instruction, settings.batch_size)):
+            scores[i] = score
+        return scores
 
     def _via_text(self, prompts: Sequence[Document], settings: GenerationSettings
                   ) -> list[Answer]:
