@@ -132,6 +132,8 @@ def print_report(report: dict, out: Path) -> None:
     shuffled = ", prompt image codes shuffled" if shuffled else ""
     if report["settings"].get("rerank", 1) > 1:
         shuffled += f", answers best of {report['settings']['rerank']} read back"
+        if report.get("reader"):
+            shuffled += f" (images by the caption reader {report['reader']})"
     if report["settings"].get("via_text"):
         shuffled += ", media->media via text"
     if report["settings"].get("word_by_word"):
@@ -209,7 +211,8 @@ def evaluate(checkpoint, groups: dict[str, list[EvalItem]], settings: EvalSettin
     if cells:
         path = contact_sheet(cells, Path(out) / "contact_sheet.png",
                              title=f"{checkpoint.path}: generated images (green: judged right)")
-    return {"settings": asdict(settings), "scores": scores, "baselines": base,
+    return {"settings": asdict(settings), "reader": None if gen.reader is None
+            else gen.reader.source, "scores": scores, "baselines": base,
             "warnings": judge_warnings(base), "contact_sheet": str(path) if path else None,
             "counts": {r.direction: r.counts for r in runs},
             "seconds": {**seconds, **{f"generate {r.direction}": r.seconds for r in runs},

@@ -151,7 +151,8 @@ def generate_command(
     elapsed = time.perf_counter() - t0
     files = [write_answer(tok, a.document, output, stem, streamed)
              for a, stem in zip(answers, stems)]
-    _write_result(output, ckpt, settings, answers, files, elapsed, backend, torch_dtype)
+    _write_result(output, ckpt, settings, answers, files, elapsed, backend, torch_dtype,
+                  None if gen.reader is None else gen.reader.source)
     if not quiet:
         _report(answers, files, elapsed, stream)
 
@@ -208,13 +209,14 @@ def _run(gen: Generator, docs, settings: GenerationSettings, output: Path, stems
 
 def _write_result(output: Path, ckpt: Path, settings: GenerationSettings,
                   answers: list[Answer], files: list[list[dict]], elapsed: float,
-                  backend: str, dtype: torch.dtype) -> None:
+                  backend: str, dtype: torch.dtype, reader: str | None = None) -> None:
     from dataclasses import asdict
 
     config = asdict(settings)
     config["negative_prompt"] = (None if settings.negative_prompt is None
                                  else settings.negative_prompt[0].text)
-    result = {"checkpoint": str(ckpt), "settings": config, "attention": backend,
+    result = {"checkpoint": str(ckpt), "reader": reader, "settings": config,
+              "attention": backend,
               "dtype": str(dtype).removeprefix("torch."), "seconds": round(elapsed, 3),
               "answers": [{"seed": a.seed, "prompt_ids": len(a.prompt_ids),
                            "ids": len(a.ids), "files": f, **_reading(a)}

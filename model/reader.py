@@ -77,6 +77,7 @@ class CaptionReader(nn.Module):
             raise ReaderError(f"the image codebook is {tuple(codebook.shape)}, the reader "
                               f"was made for ({config.codebook_size}, {config.code_dim})")
         self.config = config
+        self.source: str | None = None
         self.register_buffer("codebook", codebook.detach().float().clone(), persistent=False)
         self.grid = GridReader(config.code_dim, config.width)
         self.start = nn.Linear(config.width, config.hidden)
@@ -188,6 +189,7 @@ def load_reader(folder: str | os.PathLike, codebook: torch.Tensor, text_model: b
                           f"checkpoint's (its codebook or text model differs)")
     reader = CaptionReader(config, codebook)
     load_module_state(folder, reader, ReaderError)
+    reader.source = str(folder)  # where it was loaded from: recorded with the answers
     return reader.eval()
 
 

@@ -171,6 +171,14 @@ def test_reader_train_command_and_rerank_by_the_reader(tmp_path, text_tokenizer,
     bundle = tiny_bundle(text_tokenizer)
     with torch.no_grad():
         bundle.image.codebook.mul_(2)  # another image tokenizer
+    capsys.readouterr()
+    assert main(["generate", str(ckpt), "--text", "draw: red", "--to", "image", "--rerank", "2",
+                 "--output", str(tmp_path / "g"), "--quiet"]) == 0
+    result = json.loads((tmp_path / "g" / "result.json").read_text())
+    assert result["reader"] == str(ckpt / READER_DIR)
+    assert main(["generate", str(ckpt), "--text", "draw: red", "--to", "image", "--rerank", "2",
+                 "--output", str(tmp_path / "g"), "--quiet", "--reader", "none"]) == 0
+    assert json.loads((tmp_path / "g" / "result.json").read_text())["reader"] is None
     other = tiny_checkpoint(tmp_path / "other", bundle)
     shutil.copytree(ckpt / READER_DIR, other / READER_DIR)
     capsys.readouterr()
