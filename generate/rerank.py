@@ -4,7 +4,8 @@ A model that draws from text also reads: `write:` + an image -> its caption. `--
 draws N candidates for each prompt and keeps the best-scored one. An image or audio answer is
 scored by the log-likelihood the model, reading the candidate back, gives the prompt's text
 (the reading instruction, `write:` by default, is put before the candidate, as in the
-image->text and audio->text documents the model was trained on). A text answer to a prompt
+image->text and audio->text documents the model was trained on); where the generator has a
+caption reader (model/reader.py), that reader scores image candidates instead. A text answer to a prompt
 with media is scored both ways: the likelihood of the text given the prompt, plus that of
 each of the prompt's media given the text after the instruction that asks for such media
 (`draw:` for an image, `say:` for speech), so that a caption is kept for the image it
