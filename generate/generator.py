@@ -381,11 +381,12 @@ class Generator:
                   settings: GenerationSettings) -> list[float]:
         """log p(text | the answer's media) for each answer: by the caption reader for an
         image where the generator has one, else by the model after the reading instruction."""
-        images = [i for i, a in enumerate(answers)
-                  if self.reader is not None and isinstance(media_of(a), ImageSegment)]
+        media = [media_of(a) for a in answers]
+        images = [i for i, m in enumerate(media)
+                  if self.reader is not None and isinstance(m, ImageSegment)]
         scores = [0.0] * len(answers)
         if images:
-            codes = torch.stack([media_of(answers[i]).codes for i in images])
+            codes = torch.stack([media[i].codes for i in images])
             pieces = self.tokenizers.text.encode_batch([texts[i] for i in images])
             for i, score in zip(images, self.reader.score(codes, pieces)):
                 scores[i] = score

@@ -51,23 +51,20 @@ def encode_pairs(tokenizers, pairs: list[tuple[Path, str]], on_batch=None
                  ) -> tuple[torch.Tensor, list[list[int]], int]:
     """(codes (N, h, w), caption pieces, images skipped as unreadable). An image used by
     several pairs is encoded once."""
-    from omnitok.tokenizers.image_io import ImageTokenizerError, load_image
+    from omnitok.tokenizers.image_io import decode_images
 
     image, size = tokenizers.image, tokenizers.image.config.image_size
     paths = list(dict.fromkeys(p for p, _ in pairs))
     grids: dict[Path, torch.Tensor] = {}
     for i in range(0, len(paths), 256):
-        chunk, pixels = [], []
-        for p in paths[i:i + 256]:
-            try:
-                pixels.append(load_image(p, size))
-                chunk.append(p)
-            except ImageTokenizerError:
-                continue
-        if pixels:
-            grids.update(zip(chunk, image.encode(torch.stack(pixels)).cpu()))
+        chunk = paths[i:i + 256]
+        pixels, failed = decode_images(chunk, size)
+        if len(pixels):
+            bad = {p for p, _ in failed}
+            read = [p for p in chunk if p not in bad]
+            grids.update(zip(read, image.encode(pixels.float() / 255).cpu()))
         if on_batch is not None:
-            on_batch(len(paths[i:i + 256]))
+            on_batch(len(chunk))
     kept = [(p, c) for p, c in pairs if p in grids]
     if not kept:
         raise ReaderError("no readable image among the manifest's image-caption pairs")
