@@ -59,7 +59,8 @@ class EvalSettings:
     word_by_word: bool = False  # speech from text one word at a time
     max_word_seconds: float = 1.5
     word_cfg_scale: float | None = None  # guidance of each word (default: cfg_scale)
-    reader: str = "auto"  # --rerank of images: auto (the checkpoint's), none, or a folder
+    reader: list[str] = field(default_factory=lambda: ["auto"])  # --rerank's readers: auto
+    # (the checkpoint's), none, or reader folders
 
 
 @dataclass

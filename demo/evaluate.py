@@ -48,7 +48,8 @@ def eval_command(
     sheet: int = 64, dtype: DType = "auto", device: str = "cpu", quiet: bool = False,
     shuffle_image_codes: bool = False, rerank: int = 1, via_text: bool = False,
     image_weight: float = 1.0, speech_weight: float = 0.0, word_by_word: bool = False,
-    max_word_seconds: float = 1.5, word_cfg_scale: float | None = None, reader: str = "auto",
+    max_word_seconds: float = 1.5, word_cfg_scale: float | None = None,
+    reader: list[str] | None = None,
 ) -> None:
     """Score a checkpoint on held-out prompts in every direction with independent judges.
 
@@ -78,14 +79,11 @@ def eval_command(
         shuffle_image_codes: put the codes of every prompt image in a random order (seeded per
             line) before generating: how much the answers depend on where each code is, beyond
             which codes the image holds (a layout probe; the judges' baselines are unchanged).
-        rerank: draw this many candidates per line and keep the best (the judges never
-            choose). Image answers: the one the caption reader (--reader) finds likeliest
-            to show the prompt's text; without a reader, and for audio answers, the one that
-            the model, reading it back (`write:` + the candidate), finds likeliest. Text
-            answers: the one with the highest log p(candidate | prompt) + log p(prompt's
-            media | "draw:"/"say:" + candidate), weighted by --image-weight / --speech-weight
-            (the first candidate is the plain greedy answer, the others sampled at
-            temperature 1).
+        rerank: draw this many candidates per line and keep the best, as `omnitok generate
+            --rerank` picks (the judges never choose): media answers by the reader of their
+            kind (--reader) or the model reading them back; text answers by log p(candidate
+            | prompt) plus the readers' log p(candidate | each prompt media) (the first
+            candidate is the plain greedy answer, the others sampled at temperature 1).
         via_text: audio->image and image->audio: the model first writes what the prompt's
             media say, then draws or speaks from that text (two steps, one model).
         image_weight: --rerank of text answers: how much log p(the prompt's image | "draw:" +
@@ -98,15 +96,15 @@ def eval_command(
         max_word_seconds: --word-by-word: the longest speech of one word.
         word_cfg_scale: --word-by-word: guidance of each word's speech (default: --cfg-scale);
             its unconditional row is the same document without that word's text.
-        reader: --rerank of images: the caption reader that scores them: "auto" (the
-            checkpoint's reader/ where it has one), "none" (the model reads them back), or a
-            reader folder (`omnitok reader train`).
+        reader: the readers --rerank scores with: "auto" (the checkpoint's reader/ and
+            speech_reader/, where it has them; the default), "none" (alone), or reader
+            folders (`omnitok reader train`), as for `omnitok generate`.
     """
     start = time.perf_counter()
     settings = EvalSettings(batch_size, greedy, sampling, cfg_scale,
                             max_text_tokens, max_audio_seconds, seed, shuffle_image_codes,
                             rerank, via_text, image_weight, speech_weight, word_by_word,
-                            max_word_seconds, word_cfg_scale, reader)
+                            max_word_seconds, word_cfg_scale, reader or ["auto"])
     _check(settings)
     groups = choose_directions(by_direction(read_heldout(data, limit)), directions)
     checkpoint = _load(ckpt, dtype, device)
@@ -132,8 +130,10 @@ def print_report(report: dict, out: Path) -> None:
     shuffled = ", prompt image codes shuffled" if shuffled else ""
     if report["settings"].get("rerank", 1) > 1:
         shuffled += f", answers best of {report['settings']['rerank']} read back"
-        if report.get("reader"):
-            shuffled += f" (images by the caption reader {report['reader']})"
+        readers = report.get("readers") or {}
+        if readers:
+            shuffled += " (by the readers " + ", ".join(
+                f"{kind} {path}" for kind, path in readers.items()) + ")"
     if report["settings"].get("via_text"):
         shuffled += ", media->media via text"
     if report["settings"].get("word_by_word"):
@@ -211,8 +211,8 @@ def evaluate(checkpoint, groups: dict[str, list[EvalItem]], settings: EvalSettin
     if cells:
         path = contact_sheet(cells, Path(out) / "contact_sheet.png",
                              title=f"{checkpoint.path}: generated images (green: judged right)")
-    return {"settings": asdict(settings), "reader": None if gen.reader is None
-            else gen.reader.source, "scores": scores, "baselines": base,
+    return {"settings": asdict(settings), "readers": gen.reader_sources(), "scores": scores,
+            "baselines": base,
             "warnings": judge_warnings(base), "contact_sheet": str(path) if path else None,
             "counts": {r.direction: r.counts for r in runs},
             "seconds": {**seconds, **{f"generate {r.direction}": r.seconds for r in runs},

@@ -11,8 +11,8 @@
                                               held-out loss, curves)
     speech      omnitok tokenize, train    -> OUT/shards_speech/, OUT/speech_run/: the train
                                               stage's model goes on speaking word by word
-    reader      omnitok reader train       -> OUT/speech_run/last/reader/: the caption reader
-                                              that --rerank picks images with
+    reader      omnitok reader train       -> OUT/speech_run/last/reader/ and speech_reader/:
+                                              the readers --rerank picks answers with
     eval        omnitok eval               -> OUT/eval/ (eval.json, contact sheet) of the
                                               speech stage's model, --word-by-word
 
@@ -34,9 +34,10 @@ Speech generation is learned last, from its own documents: the speech stage take
 documents of the first `speech_samples` training samples (each caption spoken word by word:
 the world's text->audio lines) and a seeded `speech_mix` share of those samples' other lines,
 and trains the train stage's model `speech_steps` more steps on them at a lower learning rate.
-Its model (OUT/speech_run/last) is the recipe's result, with the caption reader beside it
-(model/reader.py): a small image-to-caption model trained on the world's image-caption
-pairs, which scores candidate images for `--rerank`.
+Its model (OUT/speech_run/last) is the recipe's result, with two readers beside it
+(model/reader.py): small image-to-caption and speech-to-caption models trained on the
+world's image-caption and speech-caption pairs, which score candidate answers for
+`--rerank`.
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ class RecipeSettings:
     speech_steps: int = 600
     speech_lr: float = 8e-4
     reader_epochs: int = 12  # over the 24,000 image-caption pairs
+    speech_reader_pairs: int = 12000  # of the audio->text lines
+    speech_reader_epochs: int = 12
     eval_limit: int = 50
 
     @classmethod
@@ -85,7 +88,8 @@ class RecipeSettings:
         return cls(n_train=24, n_heldout=8, text_vocab=300, image_steps=4, audio_steps=4,
                    preset="debug", other_fraction=0.5, train_steps=6, batch_size=2, seq_len=1024,
                    warmup_steps=2, speech_samples=24, speech_mix=0.5, speech_steps=4,
-                   reader_epochs=2, eval_limit=1)
+                   reader_epochs=2, speech_reader_pairs=0, speech_reader_epochs=2,
+                   eval_limit=1)
 
 
 def demo_train(*, out: Path = Path("runs/demo"), data: Path = Path("data/demo"),
@@ -214,13 +218,18 @@ def _stages(out: Path, data: Path, s: RecipeSettings, threads: int | None,
                       val_data=out / "val_shards", val_every=max(1, min(300, s.speech_steps)))
 
     def reader() -> None:
-        from omnitok.model.reader import READER_DIR
+        from omnitok.model.reader import READER_DIRS
         from omnitok.train.reader import train_reader_command
 
         last = out / "speech_run" / "last"
-        if not (last / READER_DIR / "config.json").exists():
+        if not (last / READER_DIRS["image"] / "config.json").exists():
             train_reader_command(manifest, tokenizer=last, epochs=s.reader_epochs, seed=seed,
                                  threads=threads or 0)
+        if not (last / READER_DIRS["audio"] / "config.json").exists():
+            train_reader_command(manifest, tokenizer=last, kind="audio",
+                                 max_pairs=s.speech_reader_pairs,
+                                 epochs=s.speech_reader_epochs, seed=seed,
+                                 threads=threads or 0, workers=2)
 
     def evaluate() -> None:
         from omnitok.demo.evaluate import eval_command

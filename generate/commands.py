@@ -55,7 +55,8 @@ def generate_command(
     device: str = "cpu", compile: bool = False, quiet: bool = False, rerank: int = 1,
     via_text: bool = False, read_instruction: str = "write:",
     image_weight: float = 1.0, speech_weight: float = 0.0, word_by_word: bool = False,
-    max_word_seconds: float = 1.5, word_cfg_scale: float | None = None, reader: str = "auto",
+    max_word_seconds: float = 1.5, word_cfg_scale: float | None = None,
+    reader: list[str] | None = None,
 ) -> None:
     """Generate text, images and audio from prompts that mix them, with one model.
 
@@ -89,14 +90,16 @@ def generate_command(
         compile: compile the decode step with torch.compile (pays off for long or many
             generations: the first step of each batch shape takes tens of seconds).
         quiet: no progress bar and no text on stdout.
-        rerank: draw this many candidates per prompt and keep the best. An image answer: the
-            one the caption reader (--reader) finds likeliest to show the prompt's text (its
-            text without a leading "draw:"-style instruction). An audio answer, or an image
-            without a reader: the one that the model, reading it back (--read-instruction +
-            the candidate), finds likeliest to say that text. A text answer to a prompt with media: the one with the
-            highest log p(candidate | prompt) + log p(prompt's media | "draw:"/"say:" +
-            candidate), weighted by --image-weight / --speech-weight (the first candidate is
-            the plain answer; the others are sampled, at temperature 1 where text is greedy).
+        rerank: draw this many candidates per prompt and keep the best. An image or audio
+            answer: the one that the reader of its kind (--reader) finds likeliest to show or
+            say the prompt's text (its text without a leading "draw:"-style instruction);
+            without a reader of its kind, the one that the model, reading it back
+            (--read-instruction + the candidate), finds likeliest to say that text. A text
+            answer to a prompt with media: the one with the highest log p(candidate |
+            prompt) + for each of the prompt's media, the reader's log p(candidate | media),
+            or without a reader of its kind, log p(media | "draw:"/"say:" + candidate)
+            weighted by --image-weight / --speech-weight (the first candidate is the plain
+            answer; the others are sampled, at temperature 1 where text is greedy).
         via_text: a prompt of media (speech -> image, image -> speech): the model first writes
             what the media say (--read-instruction + the media), then answers the prompt's
             instruction with that text in place of the media.
@@ -113,9 +116,10 @@ def generate_command(
         max_word_seconds: --word-by-word: the longest speech of one word.
         word_cfg_scale: --word-by-word: guidance of each word's speech (default: --cfg-scale);
             its unconditional row is the same document without that word's text.
-        reader: --rerank of images: the caption reader that scores them: "auto" (the
-            checkpoint's reader/ where it has one), "none" (the model reads them back), or a
-            reader folder (`omnitok reader train`).
+        reader: the readers --rerank scores with (`omnitok reader train`), one or more of:
+            "auto" (the checkpoint's reader/ and speech_reader/, where it has them; the
+            default), "none" (alone: the model reads everything back), or a reader folder
+            (it replaces the checkpoint's reader of its kind).
     """
     if prompt and prompts is not None:
         raise OmnitokError("give prompt segments or --prompts FILE, not both")
@@ -124,7 +128,7 @@ def generate_command(
     ckpt = ckpt if ckpt is not None else default_checkpoint()
     torch_dtype = pick_dtype(dtype, device)
     checkpoint = load_checkpoint(ckpt, device=device, dtype=torch_dtype, attn_backend=backend)
-    gen = Generator(checkpoint, compile=compile, reader=reader)
+    gen = Generator(checkpoint, compile=compile, reader=reader or ["auto"])
     tok = checkpoint.tokenizers
     docs = (documents_from_file(prompts, tok) if prompts is not None
             else [document_from_parts(prompt or [], tok)])
@@ -152,7 +156,7 @@ def generate_command(
     files = [write_answer(tok, a.document, output, stem, streamed)
              for a, stem in zip(answers, stems)]
     _write_result(output, ckpt, settings, answers, files, elapsed, backend, torch_dtype,
-                  None if gen.reader is None else gen.reader.source)
+                  gen.reader_sources())
     if not quiet:
         _report(answers, files, elapsed, stream)
 
@@ -209,13 +213,14 @@ def _run(gen: Generator, docs, settings: GenerationSettings, output: Path, stems
 
 def _write_result(output: Path, ckpt: Path, settings: GenerationSettings,
                   answers: list[Answer], files: list[list[dict]], elapsed: float,
-                  backend: str, dtype: torch.dtype, reader: str | None = None) -> None:
+                  backend: str, dtype: torch.dtype, readers: dict[str, str | None] | None = None
+                  ) -> None:
     from dataclasses import asdict
 
     config = asdict(settings)
     config["negative_prompt"] = (None if settings.negative_prompt is None
                                  else settings.negative_prompt[0].text)
-    result = {"checkpoint": str(ckpt), "reader": reader, "settings": config,
+    result = {"checkpoint": str(ckpt), "readers": readers or {}, "settings": config,
               "attention": backend,
               "dtype": str(dtype).removeprefix("torch."), "seconds": round(elapsed, 3),
               "answers": [{"seed": a.seed, "prompt_ids": len(a.prompt_ids),

@@ -22,6 +22,7 @@ from omnitok import OmnitokError
 from omnitok.generate.engine import Engine, Guidance, Request
 from omnitok.generate.grammar import Grammar, GrammarError
 from omnitok.generate.rerank import (
+    MEDIA,
     best_index,
     caption_scores,
     media_of,
@@ -34,7 +35,7 @@ from omnitok.generate.rerank import (
 )
 from omnitok.generate.sampling import ModalitySampling, SamplingParams
 from omnitok.model.checkpoint import Checkpoint
-from omnitok.model.reader import CaptionReader, pick_reader
+from omnitok.model.reader import Reader, pick_readers
 from omnitok.tokenizers.document import AudioSegment, Document, ImageSegment, TextSegment
 from omnitok.tokenizers.text import TextTokenizer
 from omnitok.tokenizers.vocab import Modality, Vocab
@@ -170,15 +171,25 @@ class Generator:
     (`pack=False` keeps torch's default path); `compile` compiles the decode step."""
 
     def __init__(self, checkpoint: Checkpoint, *, pack: bool = True,
-                 compile: bool = False, reader: CaptionReader | str | None = "auto") -> None:
+                 compile: bool = False,
+                 reader: Reader | dict[str, Reader] | str | Sequence[str] | None = "auto"
+                 ) -> None:
         self.ckpt, self.compile = checkpoint, compile
         self.model, self.tokenizers = checkpoint.model, checkpoint.tokenizers
         self.pack, self.packed_rows = pack, 0
         self.vocab = checkpoint.vocab
         self.codec = self.tokenizers.codec()
         self._text_ok = text_allowed(self.vocab, self.tokenizers.text)
-        self.reader = (reader if isinstance(reader, CaptionReader)
-                       else pick_reader(reader, checkpoint.path, self.tokenizers))
+        if isinstance(reader, Reader):
+            reader = {reader.config.kind: reader}
+        self.readers: dict[str, Reader] = (
+            dict(reader) if isinstance(reader, dict)
+            else pick_readers(reader, checkpoint.path, self.tokenizers))
+
+    def reader_sources(self) -> dict[str, str | None]:
+        """The folder of each reader the generator picks with, by kind (recorded with
+        answers)."""
+        return {kind: r.source for kind, r in sorted(self.readers.items())}
 
     def _pack_for(self, rows: int) -> None:
         """oneDNN packs a weight for an expected row count: repack when the batch changes."""
@@ -370,32 +381,53 @@ class Generator:
 
     def caption_scores(self, prompts: Sequence[Document], texts: Sequence[str],
                        settings: GenerationSettings) -> list[float]:
-        """log p(text | prompt) + the weighted log p(each prompt media | its instruction +
-        text)."""
+        """log p(text | prompt) + for each of the prompt's media: the reader's log p(text |
+        media) where the generator has a reader of its kind, else the weighted log p(media |
+        its instruction + text) by the model."""
         instructions = {"image": settings.draw_instruction, "audio": settings.say_instruction}
         weights = {"image": settings.image_weight, "audio": settings.speech_weight}
-        return caption_scores(self.model, self.codec, prompts, texts, instructions, weights,
-                              settings.batch_size)
+        weights.update({kind: 0.0 for kind in self.readers})  # the readers score those
+        scores = caption_scores(self.model, self.codec, prompts, texts, instructions, weights,
+                                settings.batch_size)
+        owner, media = [], []
+        for i, prompt in enumerate(prompts):
+            for segment in prompt:
+                if isinstance(segment, MEDIA) and segment.codes.numel() > 0:
+                    owner.append(i)
+                    media.append(segment)
+        read = self.reader_scores(media, [texts[i] for i in owner])
+        for k, score in read.items():
+            scores[owner[k]] += score
+        return scores
 
     def read_back(self, answers: Sequence[Document], texts: Sequence[str],
                   settings: GenerationSettings) -> list[float]:
-        """log p(text | the answer's media) for each answer: by the caption reader for an
-        image where the generator has one, else by the model after the reading instruction."""
+        """log p(text | the answer's media) for each answer: by the reader of its kind where
+        the generator has one, else by the model after the reading instruction."""
         media = [media_of(a) for a in answers]
-        images = [i for i, m in enumerate(media)
-                  if self.reader is not None and isinstance(m, ImageSegment)]
         scores = [0.0] * len(answers)
-        if images:
-            codes = torch.stack([media[i].codes for i in images])
-            pieces = self.tokenizers.text.encode_batch([texts[i] for i in images])
-            for i, score in zip(images, self.reader.score(codes, pieces)):
-                scores[i] = score
-        rest = sorted(set(range(len(answers))) - set(images))
+        read = self.reader_scores(media, texts)
+        for i, score in read.items():
+            scores[i] = score
+        rest = [i for i in range(len(answers)) if i not in read]
         for i, score in zip(rest, read_back_scores(
                 self.model, self.codec, [answers[i] for i in rest], [texts[i] for i in rest],
                 settings.read_instruction, settings.batch_size)):
             scores[i] = score
         return scores
+
+    def reader_scores(self, media: Sequence[ImageSegment | AudioSegment | None],
+                      texts: Sequence[str]) -> dict[int, float]:
+        """{i: log p(texts[i] | media[i])} by the readers, for each i whose media has one."""
+        found: dict[int, float] = {}
+        for kind, reader in self.readers.items():
+            segment = ImageSegment if kind == "image" else AudioSegment
+            rows = [i for i, m in enumerate(media) if isinstance(m, segment)]
+            if not rows:
+                continue
+            pieces = self.tokenizers.text.encode_batch([texts[i] for i in rows])
+            found.update(zip(rows, reader.score([media[i].codes for i in rows], pieces)))
+        return found
 
     def _via_text(self, prompts: Sequence[Document], settings: GenerationSettings
                   ) -> list[Answer]:

@@ -12,7 +12,7 @@ from omnitok import OmnitokError
 from omnitok.model.checkpoint import load_checkpoint, save_checkpoint
 from omnitok.model.config import ModelArgs
 from omnitok.model.convert_hf import convert_hf
-from omnitok.model.reader import READER_DIR
+from omnitok.model.reader import READER_DIRS
 from omnitok.model.transformer import Transformer
 from omnitok.tokenizers.bundle import TokenizerBundle
 from omnitok.tokenizers.text import TextTokenizer
@@ -121,7 +121,7 @@ def info(ckpt: Path) -> None:
 
 def export(ckpt: Path, out: Path, *, dtype: DType = "bfloat16") -> None:
     """Write a checkpoint for shipping: the model weights in `dtype`, the tokenizers, the
-    caption reader where the checkpoint has one, nothing of the training state (optimizer,
+    readers (caption and speech) where the checkpoint has them, nothing of the training state (optimizer,
     data position).
 
     Args:
@@ -134,8 +134,9 @@ def export(ckpt: Path, out: Path, *, dtype: DType = "bfloat16") -> None:
         raise OmnitokError(f"{out}: choose a folder other than the source checkpoint")
     save_checkpoint(out, c.model, c.tokenizers, metadata={"exported_from": str(ckpt),
                                                           "dtype": dtype})
-    if (Path(ckpt) / READER_DIR).is_dir():  # the caption reader travels with its checkpoint
-        shutil.copytree(Path(ckpt) / READER_DIR, Path(out) / READER_DIR)
+    for name in READER_DIRS.values():  # the readers travel with their checkpoint
+        if (Path(ckpt) / name).is_dir():
+            shutil.copytree(Path(ckpt) / name, Path(out) / name)
     size = sum(p.stat().st_size for p in Path(out).rglob("*") if p.is_file())
     print(f"{out}: {c.model.args.num_params() / 1e6:.2f}M parameters in {dtype}, "
           f"{size / 2**20:.1f} MiB in all")

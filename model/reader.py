@@ -35,7 +35,10 @@ from omnitok import OmnitokError
 from omnitok.model.image_positions import GridReader
 from omnitok.tokenizers.weights import load_module_state, read_config, save_module
 
-READER_DIR = "reader"
+READER_DIR = "reader"  # a checkpoint's image reader
+SPEECH_READER_DIR = "speech_reader"  # and its speech reader
+READER_DIRS = {"image": READER_DIR, "audio": SPEECH_READER_DIR}
+KINDS = tuple(READER_DIRS)
 FORMAT = "omnitok-reader"
 
 
@@ -55,9 +58,15 @@ class ReaderConfig:
     text_vocab: int  # text tokenizer pieces; <bos> and <eos> come after them
     codebook_size: int
     code_dim: int
-    width: int = 96  # the grid reader's channels
+    width: int = 96  # the media encoder's channels
     hidden: int = 128  # the GRU's
     max_pieces: int = 64  # longer captions are cut (scored on their first pieces)
+    kind: str = "image"  # what it reads: "image" (a code grid) or "audio" (RVQ frames)
+    levels: int = 1  # codebooks: 1 for images, the RVQ levels for audio
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ReaderError(f"a reader reads {' or '.join(KINDS)}, not {self.kind!r}")
 
     @property
     def bos(self) -> int:
@@ -68,31 +77,30 @@ class ReaderConfig:
         return self.text_vocab + 1
 
 
-class CaptionReader(nn.Module):
-    """log p(caption pieces + <eos> | image codes)."""
+class Reader(nn.Module):
+    """log p(caption pieces + <eos> | media codes): a media encoder (the subclass's), then a
+    GRU over the caption's pieces."""
 
-    def __init__(self, config: ReaderConfig, codebook: torch.Tensor) -> None:
+    def __init__(self, config: ReaderConfig, codebooks: torch.Tensor) -> None:
         super().__init__()
-        if tuple(codebook.shape) != (config.codebook_size, config.code_dim):
-            raise ReaderError(f"the image codebook is {tuple(codebook.shape)}, the reader "
-                              f"was made for ({config.codebook_size}, {config.code_dim})")
+        shape = (config.levels, config.codebook_size, config.code_dim)
+        if tuple(codebooks.reshape(-1, *codebooks.shape[-2:]).shape) != shape:
+            raise ReaderError(f"the {config.kind} codebooks are {tuple(codebooks.shape)}, the "
+                              f"reader was made for {shape}")
         self.config = config
-        self.source: str | None = None
-        self.register_buffer("codebook", codebook.detach().float().clone(), persistent=False)
-        self.grid = GridReader(config.code_dim, config.width)
-        self.start = nn.Linear(config.width, config.hidden)
-        self.feed = nn.Linear(config.width, config.hidden)
+        self.source: str | None = None  # the folder it was loaded from
+        self.register_buffer("codebooks", codebooks.detach().float().reshape(shape).clone(),
+                             persistent=False)
         self.embed = nn.Embedding(config.text_vocab + 2, config.hidden)
         self.gru = nn.GRU(config.hidden, config.hidden, batch_first=True)
-        self.out = nn.Linear(config.hidden, config.text_vocab + 2)
 
-    def forward(self, codes: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-        """codes (N, h, w), inputs (N, T) (<bos> then pieces) -> logits (N, T, vocab + 2)."""
-        summary = self.grid(self.codebook[codes.long()])  # (N, width)
-        h0 = torch.tanh(self.start(summary))[None]
-        x = self.embed(inputs) + self.feed(summary)[:, None]
-        y, _ = self.gru(x, h0)
-        return self.out(y)
+    def forward(self, media, inputs: torch.Tensor) -> torch.Tensor:
+        """media (`media_batch`), inputs (N, T) (<bos> then pieces) -> logits (N, T, vocab + 2)."""
+        raise NotImplementedError
+
+    def media_batch(self, codes: Sequence[torch.Tensor]):
+        """What `forward` takes for a list of one item's codes each."""
+        raise NotImplementedError
 
     def batch(self, captions: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor,
                                                                     torch.Tensor]:
@@ -109,19 +117,20 @@ class CaptionReader(nn.Module):
             mask[i, :len(c) + 1] = True
         return inputs, targets, mask
 
-    def token_log_probs(self, codes: torch.Tensor, captions: Sequence[Sequence[int]]
+    def token_log_probs(self, codes: Sequence[torch.Tensor], captions: Sequence[Sequence[int]]
                         ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, T) log p of each target piece (and <eos>), and the mask of real ones."""
+        """(N, T) log p of each target piece (and <eos>), and the mask of real ones; codes[i]
+        is item i's codes ((h, w) for an image, (levels, frames) for audio)."""
         inputs, targets, mask = self.batch(captions)
-        device = self.codebook.device
-        logp = self(codes.to(device), inputs.to(device)).float().log_softmax(-1)
+        device = self.codebooks.device
+        logp = self(self.media_batch(codes), inputs.to(device)).float().log_softmax(-1)
         picked = logp.gather(-1, targets.to(device)[..., None])[..., 0]
         return picked, mask.to(device)
 
     @torch.inference_mode()
-    def score(self, codes: torch.Tensor, captions: Sequence[Sequence[int]],
+    def score(self, codes: Sequence[torch.Tensor], captions: Sequence[Sequence[int]],
               batch_size: int = 256) -> list[float]:
-        """log p(caption + <eos> | image) for each (codes[i], captions[i])."""
+        """log p(caption + <eos> | media) for each (codes[i], captions[i])."""
         out: list[float] = []
         for i in range(0, len(captions), batch_size):
             picked, mask = self.token_log_probs(codes[i:i + batch_size],
@@ -130,13 +139,99 @@ class CaptionReader(nn.Module):
         return out
 
 
-def fit(reader: CaptionReader, codes: torch.Tensor, captions: list[list[int]], *,
+class CaptionReader(Reader):
+    """An image's grid of codebook vectors read by three convolutions (`GridReader`); its
+    summary starts the GRU and is fed in at every step."""
+
+    def __init__(self, config: ReaderConfig, codebook: torch.Tensor) -> None:
+        super().__init__(config, codebook)
+        self.grid = GridReader(config.code_dim, config.width)
+        self.start = nn.Linear(config.width, config.hidden)
+        self.feed = nn.Linear(config.width, config.hidden)
+        self.out = nn.Linear(config.hidden, config.text_vocab + 2)
+
+    def media_batch(self, codes: Sequence[torch.Tensor]) -> torch.Tensor:
+        if isinstance(codes, torch.Tensor):
+            return codes.to(self.codebooks.device)
+        return torch.stack(list(codes)).to(self.codebooks.device)
+
+    def forward(self, codes: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """codes (N, h, w)."""
+        summary = self.grid(self.codebooks[0][codes.long()])  # (N, width)
+        h0 = torch.tanh(self.start(summary))[None]
+        x = self.embed(inputs) + self.feed(summary)[:, None]
+        y, _ = self.gru(x, h0)
+        return self.out(y)
+
+
+class SpeechReader(Reader):
+    """Speech read as its frames of RVQ codes: each frame the sum of its levels' codebook
+    vectors (what the codec decodes), two convolutions over time (the second halves the
+    frame rate), a bidirectional GRU; the caption GRU starts from the mean of its states and
+    attends over them at every step (dot-product attention on its outputs)."""
+
+    def __init__(self, config: ReaderConfig, codebooks: torch.Tensor) -> None:
+        super().__init__(config, codebooks)
+        w, h = config.width, config.hidden
+        self.convs = nn.ModuleList([nn.Conv1d(config.code_dim, w, 5, padding=2),
+                                    nn.Conv1d(w, w, 5, stride=2, padding=2)])
+        self.encoder = nn.GRU(w, h // 2, batch_first=True, bidirectional=True)
+        self.start = nn.Linear(h, h)
+        self.query = nn.Linear(h, h)
+        self.mix = nn.Linear(2 * h, h)
+        self.out = nn.Linear(h, config.text_vocab + 2)
+
+    def media_batch(self, codes: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(codes (N, levels, F) padded with 0 at the end, frames (N,))."""
+        frames = torch.tensor([c.shape[-1] for c in codes], dtype=torch.long)
+        if (frames < 1).any():
+            raise ReaderError("a speech segment without frames cannot be read")
+        padded = torch.zeros(len(codes), self.config.levels, int(frames.max()),
+                             dtype=torch.long)
+        for i, c in enumerate(codes):
+            padded[i, :, :c.shape[-1]] = c[:self.config.levels]
+        return padded.to(self.codebooks.device), frames
+
+    def encode(self, codes: torch.Tensor, frames: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(states (N, F', hidden), mask (N, F') of real ones) for codes (N, levels, F)."""
+        x = sum(self.codebooks[k][codes[:, k].long()] for k in range(codes.shape[1]))
+        lengths = frames
+        for conv in self.convs:  # padding is zeroed before each, as a lone clip's would be
+            keep = torch.arange(x.shape[1], device=x.device)[None] < lengths.to(x.device)[:, None]
+            x = F.gelu(conv((x * keep[..., None]).transpose(1, 2))).transpose(1, 2)
+            lengths = (lengths - 1) // conv.stride[0] + 1
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True,
+                                                   enforce_sorted=False)
+        states, _ = self.encoder(packed)
+        states, _ = nn.utils.rnn.pad_packed_sequence(states, batch_first=True,
+                                                     total_length=x.shape[1])
+        mask = torch.arange(x.shape[1], device=x.device)[None] < lengths.to(x.device)[:, None]
+        return states, mask
+
+    def forward(self, media: tuple[torch.Tensor, torch.Tensor], inputs: torch.Tensor
+                ) -> torch.Tensor:
+        states, mask = self.encode(*media)
+        mean = (states * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+        y, _ = self.gru(self.embed(inputs), torch.tanh(self.start(mean))[None])
+        weights = torch.einsum("nth,nfh->ntf", self.query(y), states)
+        weights = weights.masked_fill(~mask[:, None], float("-inf")).softmax(-1)
+        context = torch.einsum("ntf,nfh->nth", weights, states)
+        return self.out(torch.tanh(self.mix(torch.cat([y, context], -1))))
+
+
+def make_reader(config: ReaderConfig, codebooks: torch.Tensor) -> Reader:
+    """The reader of `config.kind`."""
+    return (CaptionReader if config.kind == "image" else SpeechReader)(config, codebooks)
+
+
+def fit(reader: Reader, codes: Sequence[torch.Tensor], captions: list[list[int]], *,
         epochs: int = 20, batch_size: int = 128, lr: float = 3e-3, seed: int = 0,
         on_step: Callable[[float], None] | None = None) -> float:
     """Train `reader` on (codes[i], captions[i]) pairs, AdamW with a cosine learning rate;
     returns the last epoch's mean loss per piece."""
     if not captions:
-        raise ReaderError("no image-caption pairs to train on")
+        raise ReaderError(f"no {reader.config.kind}-caption pairs to train on")
     g = torch.Generator().manual_seed(seed)
     params = [p for p in reader.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
@@ -148,7 +243,8 @@ def fit(reader: CaptionReader, codes: torch.Tensor, captions: list[list[int]], *
         losses = []
         for b in range(0, len(order), batch_size):
             rows = order[b:b + batch_size]
-            picked, mask = reader.token_log_probs(codes[rows], [captions[r] for r in rows])
+            picked, mask = reader.token_log_probs([codes[r] for r in rows],
+                                                  [captions[r] for r in rows])
             loss = -(picked * mask).sum() / mask.sum()
             for group in opt.param_groups:
                 group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
@@ -164,7 +260,7 @@ def fit(reader: CaptionReader, codes: torch.Tensor, captions: list[list[int]], *
     return last
 
 
-def save_reader(folder: str | os.PathLike, reader: CaptionReader, tokens: dict[str, str],
+def save_reader(folder: str | os.PathLike, reader: Reader, tokens: dict[str, str],
                 extra: dict | None = None) -> Path:
     """folder/config.json (the config, the tokenizers' fingerprint) + model.safetensors."""
     config = {"format": FORMAT, "config": asdict(reader.config), "tokenizers": tokens,
@@ -172,45 +268,80 @@ def save_reader(folder: str | os.PathLike, reader: CaptionReader, tokens: dict[s
     return save_module(folder, reader, config)
 
 
-def load_reader(folder: str | os.PathLike, codebook: torch.Tensor, text_model: bytes
-                ) -> CaptionReader:
+def reader_codebooks(tokenizers, kind: str) -> torch.Tensor | None:
+    """The codebooks a reader of `kind` reads with: the image tokenizer's (1, size, dim) or
+    the audio tokenizer's RVQ levels (levels, size, dim); None where the bundle lacks it."""
+    if kind == "image":
+        image = tokenizers.image
+        return None if image is None else image.codebook[None]
+    audio = tokenizers.audio
+    return None if audio is None else torch.stack([b.detach() for b in audio.codebooks()])
+
+
+def reader_kind(folder: str | os.PathLike) -> str:
+    """What the reader in `folder` reads ("image" or "audio"), from its config."""
+    raw = read_config(Path(folder), ReaderError)
+    if raw.get("format") != FORMAT:
+        raise ReaderError(f"{Path(folder) / 'config.json'}: not a reader (format "
+                          f"{raw.get('format')!r})")
+    kind = raw.get("config", {}).get("kind", "image") if isinstance(raw.get("config"),
+                                                                      dict) else None
+    if kind not in KINDS:
+        raise ReaderError(f"{Path(folder) / 'config.json'}: bad reader config (kind {kind!r})")
+    return kind
+
+
+def load_reader(folder: str | os.PathLike, tokenizers) -> Reader:
     """The reader in `folder`, checked against the tokenizers it is to read for."""
     folder = Path(folder)
+    kind = reader_kind(folder)
     raw = read_config(folder, ReaderError)
-    if raw.get("format") != FORMAT:
-        raise ReaderError(f"{folder / 'config.json'}: not a caption reader (format "
-                          f"{raw.get('format')!r})")
     try:
         config = ReaderConfig(**raw["config"])
     except (KeyError, TypeError) as e:
         raise ReaderError(f"{folder / 'config.json'}: bad reader config ({e})") from None
-    if raw.get("tokenizers") != fingerprint(codebook, text_model):
+    codebooks = reader_codebooks(tokenizers, kind)
+    if codebooks is None or tokenizers.text is None:
+        raise ReaderError(f"{folder}: a reader of {kind} needs the checkpoint's {kind} and "
+                          f"text tokenizers, and this checkpoint lacks one")
+    if raw.get("tokenizers") != fingerprint(codebooks, tokenizers.text.model_proto):
         raise ReaderError(f"{folder}: this reader was trained with other tokenizers than the "
-                          f"checkpoint's (its codebook or text model differs)")
-    reader = CaptionReader(config, codebook)
+                          f"checkpoint's (its {kind} codebooks or text model differ)")
+    reader = make_reader(config, codebooks)
     load_module_state(folder, reader, ReaderError)
     reader.source = str(folder)  # where it was loaded from: recorded with the answers
     return reader.eval()
 
 
-def checkpoint_reader(folder: str | os.PathLike, tokenizers) -> CaptionReader | None:
-    """The reader of a checkpoint (its `reader/` folder), or None where it has none or the
-    checkpoint has no image and text tokenizers."""
-    path = Path(folder) / READER_DIR
-    if not path.is_dir() or tokenizers.image is None or tokenizers.text is None:
-        return None
-    return load_reader(path, tokenizers.image.codebook, tokenizers.text.model_proto)
+def checkpoint_readers(folder: str | os.PathLike, tokenizers) -> dict[str, Reader]:
+    """The readers of a checkpoint by kind: its `reader/` (images) and `speech_reader/`
+    folders, where it has them and the tokenizers they read with."""
+    found = {}
+    for kind, name in READER_DIRS.items():
+        path = Path(folder) / name
+        if (path.is_dir() and reader_codebooks(tokenizers, kind) is not None
+                and tokenizers.text is not None):
+            found[kind] = load_reader(path, tokenizers)
+    return found
 
 
-def pick_reader(spec: str | os.PathLike | None, folder: str | os.PathLike | None, tokenizers
-                ) -> CaptionReader | None:
-    """`--reader`: "auto" (the checkpoint `folder`'s reader/ where it has one), "none", or a
-    reader folder (which must exist and match the tokenizers)."""
-    if spec is None or str(spec) == "none":
-        return None
-    if str(spec) == "auto":
-        return None if folder is None else checkpoint_reader(folder, tokenizers)
-    if tokenizers.image is None or tokenizers.text is None:
-        raise ReaderError("--reader: a caption reader needs the checkpoint's image and text "
-                          "tokenizers, and this checkpoint lacks one")
-    return load_reader(spec, tokenizers.image.codebook, tokenizers.text.model_proto)
+def pick_readers(spec: str | os.PathLike | Sequence[str | os.PathLike] | None,
+                 folder: str | os.PathLike | None, tokenizers) -> dict[str, Reader]:
+    """`--reader`, one or more of: "auto" (the checkpoint `folder`'s readers), "none" (alone:
+    no reader), or a reader folder (which must exist and match the tokenizers); a later one
+    replaces an earlier one of the same kind."""
+    specs = [spec] if isinstance(spec, (str, os.PathLike)) or spec is None else list(spec)
+    specs = [str(s) for s in specs if s is not None]
+    if "none" in specs:
+        if len(specs) > 1:
+            raise ReaderError("--reader none goes alone (it turns every reader off)")
+        return {}
+    readers: dict[str, Reader] = {}
+    for s in specs:
+        if s == "auto":
+            if folder is not None:
+                readers.update(checkpoint_readers(folder, tokenizers))
+        else:
+            reader = load_reader(s, tokenizers)
+            readers[reader.config.kind] = reader
+    return readers

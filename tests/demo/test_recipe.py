@@ -21,7 +21,8 @@ def test_quick_recipe_writes_every_artefact_and_resumes(tmp_path, capsys):
                  "val_shards/index.json",
                  "run/metrics.csv",
                  "run/curves.png", "shards_speech/index.json", "speech_run/metrics.csv",
-                 "speech_run/last/reader/model.safetensors", "eval/eval.json",
+                 "speech_run/last/reader/model.safetensors",
+                 "speech_run/last/speech_reader/model.safetensors", "eval/eval.json",
                  "eval/contact_sheet.png"):
         assert (out / path).exists(), path
     speech_rows = read_log(out / "speech_run" / "metrics.csv")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -42,7 +43,7 @@ def float64_score(reader: CaptionReader, codes: torch.Tensor, caption: list[int]
     """log p(caption + <eos> | codes): the convolutions, then the GRU's equations by hand."""
     r = reader.double()
     with torch.no_grad():
-        summary = r.grid(r.codebook[codes][None])[0]
+        summary = r.grid(r.codebooks[0][codes][None])[0]
         h = torch.tanh(r.start(summary))
         feed = r.feed(summary)
         g = r.gru
@@ -93,27 +94,37 @@ def test_reader_learns_what_only_the_layout_tells():
     assert sum(a > b for a, b in zip(right, wrong)) == 64
 
 
+def reading_bundle(image=None, audio=None, proto: bytes = b""):
+    """What `load_reader` looks at in a tokenizer bundle: the codebooks and the text model."""
+    return SimpleNamespace(image=None if image is None else SimpleNamespace(codebook=image),
+                           audio=None if audio is None else SimpleNamespace(
+                               codebooks=lambda: list(audio)),
+                           text=SimpleNamespace(model_proto=proto))
+
+
 def test_save_load_round_trip_and_mismatched_tokenizers(tmp_path, text_tokenizer):
     bundle = tiny_bundle(text_tokenizer)
     book, proto = bundle.image.codebook, text_tokenizer.model_proto
     reader = small_reader(book, text_tokenizer.vocab_size)
     save_reader(tmp_path / "r", reader, fingerprint(book, proto))
-    loaded = load_reader(tmp_path / "r", book, proto)
+    loaded = load_reader(tmp_path / "r", bundle)
     codes = torch.randint(0, book.shape[0], (3, 4, 4))
     captions = [text_tokenizer.encode(t) for t in ("a red circle", "blue", "on a star")]
     assert loaded.score(codes, captions) == reader.score(codes, captions)
     with pytest.raises(ReaderError, match="other tokenizers"):
-        load_reader(tmp_path / "r", book + 1, proto)
+        load_reader(tmp_path / "r", reading_bundle(book + 1, proto=proto))
     with pytest.raises(ReaderError, match="other tokenizers"):
-        load_reader(tmp_path / "r", book, proto + b"x")
+        load_reader(tmp_path / "r", reading_bundle(book, proto=proto + b"x"))
+    with pytest.raises(ReaderError, match="needs the checkpoint's image and text"):
+        load_reader(tmp_path / "r", reading_bundle(None, proto=proto))
     weights = tmp_path / "r" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(ReaderError, match="corrupt or truncated"):
-        load_reader(tmp_path / "r", book, proto)
+        load_reader(tmp_path / "r", bundle)
     (tmp_path / "q").mkdir()
     (tmp_path / "q" / "config.json").write_text(json.dumps({"format": "something"}))
-    with pytest.raises(ReaderError, match="not a caption reader"):
-        load_reader(tmp_path / "q", book, proto)
+    with pytest.raises(ReaderError, match="not a reader"):
+        load_reader(tmp_path / "q", bundle)
 
 
 def write_pairs(folder, n: int) -> None:
@@ -146,7 +157,7 @@ def test_reader_train_command_and_rerank_by_the_reader(tmp_path, text_tokenizer,
 
     checkpoint = load_checkpoint(ckpt)
     gen = Generator(checkpoint)  # finds ckpt/reader
-    assert gen.reader is not None
+    assert set(gen.readers) == {"image"}
     prompts = [Document([TextSegment("draw: red on the left")]),
                Document([TextSegment("draw: red on the right")])]
     settings = GenerationSettings(target="image", seed=5, batch_size=2)
@@ -155,19 +166,19 @@ def test_reader_train_command_and_rerank_by_the_reader(tmp_path, text_tokenizer,
               for j in range(3)]
     for i, text in enumerate(["red on the left", "red on the right"]):
         codes = torch.stack([r[i].document[0].codes for r in rounds])
-        scores = gen.reader.score(codes, [text_tokenizer.encode(text)] * 3)
+        scores = gen.readers["image"].score(codes, [text_tokenizer.encode(text)] * 3)
         j = max(range(3), key=lambda k: scores[k])
         assert best[i].ids == rounds[j][i].ids
         assert best[i].score == pytest.approx(scores[j], abs=1e-4)
     plain = Generator(checkpoint, reader="none")
-    assert plain.reader is None
+    assert plain.readers == {}
     answers = [a.document for a in best]
     assert plain.read_back(answers, ["red on the left"] * 2, settings) != \
         gen.read_back(answers, ["red on the left"] * 2, settings)
 
     out = tmp_path / "exported"
     assert main(["model", "export", str(ckpt), str(out)]) == 0
-    assert Generator(load_checkpoint(out)).reader is not None  # export carries the reader
+    assert set(Generator(load_checkpoint(out)).readers) == {"image"}  # export carries it
     bundle = tiny_bundle(text_tokenizer)
     with torch.no_grad():
         bundle.image.codebook.mul_(2)  # another image tokenizer
@@ -175,10 +186,10 @@ def test_reader_train_command_and_rerank_by_the_reader(tmp_path, text_tokenizer,
     assert main(["generate", str(ckpt), "--text", "draw: red", "--to", "image", "--rerank", "2",
                  "--output", str(tmp_path / "g"), "--quiet"]) == 0
     result = json.loads((tmp_path / "g" / "result.json").read_text())
-    assert result["reader"] == str(ckpt / READER_DIR)
+    assert result["readers"] == {"image": str(ckpt / READER_DIR)}
     assert main(["generate", str(ckpt), "--text", "draw: red", "--to", "image", "--rerank", "2",
                  "--output", str(tmp_path / "g"), "--quiet", "--reader", "none"]) == 0
-    assert json.loads((tmp_path / "g" / "result.json").read_text())["reader"] is None
+    assert json.loads((tmp_path / "g" / "result.json").read_text())["readers"] == {}
     other = tiny_checkpoint(tmp_path / "other", bundle)
     shutil.copytree(ckpt / READER_DIR, other / READER_DIR)
     capsys.readouterr()
