@@ -79,7 +79,7 @@ class RecipeSettings:
     speech_steps: int = 600
     speech_lr: float = 8e-4
     reader_epochs: int = 12  # over the 24,000 image-caption pairs
-    speech_reader_pairs: int = 12000  # of the audio->text lines
+    speech_reader_pairs: int = 6000  # of the audio->text lines (12,000 pick no better)
     speech_reader_epochs: int = 12
     eval_limit: int = 50
 

@@ -1,18 +1,20 @@
-"""Reading back: the model scores its own answers against the prompt.
+"""Reading back: the model (or a reader beside it) scores answers against the prompt.
 
 A model that draws from text also reads: `write:` + an image -> its caption. `--rerank N`
 draws N candidates for each prompt and keeps the best-scored one. An image or audio answer is
 scored by the log-likelihood the model, reading the candidate back, gives the prompt's text
 (the reading instruction, `write:` by default, is put before the candidate, as in the
 image->text and audio->text documents the model was trained on); where the generator has a
-caption reader (model/reader.py), that reader scores image candidates instead. A text answer to a prompt
-with media is scored both ways: the likelihood of the text given the prompt, plus that of
-each of the prompt's media given the text after the instruction that asks for such media
-(`draw:` for an image, `say:` for speech), so that a caption is kept for the image it
+reader of the answer's kind (model/reader.py: the caption reader for images, the speech
+reader for audio), that reader scores it instead. A text answer to a prompt with media is
+scored by the likelihood of the text given the prompt, plus for each of the prompt's media
+the reader's log p(text | media) where the generator has a reader of its kind, else the
+likelihood of the media given the text after the instruction that asks for such media
+(`draw:` for an image, `say:` for speech), so that a caption is kept for the media it
 describes, not only for how readily it is written. Each kind of media has a weight in that
-sum: 1 for images, 0 for speech by default, since the built-in default model does not yet
-speak captions it is given (held-out audio->text, 100 lines per split, best of 8: 31% / 24%
-exact with speech weighed in alone, against 74% / 58% plain).
+last term: 1 for images, 0 for speech by default, since the built-in default model does not
+yet speak captions it is given (held-out audio->text, 100 lines per split, best of 8: 31% /
+24% exact with speech weighed in alone, against 74% / 58% plain).
 
 `--via-text` answers a prompt whose media carry the meaning (speech -> image, image ->
 speech) in two steps with the same model: it first writes what the media say, then answers

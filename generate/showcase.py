@@ -4,9 +4,9 @@ From one built-in caption it draws the image (`draw: <caption>`), speaks the cap
 (`say: <caption>`, word by word, each word guided away from the speech without it, audio at
 temperature 0.7), then captions its own image (`write:` + the image): text -> image,
 text -> audio and image -> text with one model, written as PNG, WAV and TXT. Each answer is
-the best of RERANK candidates (`--rerank`): the image as the checkpoint's caption reader
-reads it (the model itself without one), the speech as the model reads it back, the caption
-as it fits the image both ways.
+the best of RERANK candidates (`--rerank`): the image and the speech as the checkpoint's
+caption and speech readers read them (the model itself without them), the caption by the
+model's likelihood plus the caption reader's reading of the image.
 """
 
 from __future__ import annotations
