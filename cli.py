@@ -58,9 +58,9 @@ COMMANDS: dict = {
     "train": ("omnitok.train.commands:train_command",
               "Train (or fine-tune, or resume) the model on pre-tokenized shards."),
     "reader": {
-        "_help": "The caption reader that --rerank picks images with.",
+        "_help": "The caption and speech readers that --rerank picks answers with.",
         "train": ("omnitok.train.reader:train_reader_command",
-                  "Train a caption reader on a manifest's image-caption pairs."),
+                  "Train a caption reader (image-caption pairs) or a speech reader (speech-caption pairs)."),
     },
     "eval": ("omnitok.demo.evaluate:eval_command",
              "Score a checkpoint on held-out prompts in every direction with independent judges."),
