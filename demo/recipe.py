@@ -11,10 +11,12 @@
                                               held-out loss, curves)
     speech      omnitok tokenize, train    -> OUT/shards_speech/, OUT/speech_run/: the train
                                               stage's model goes on speaking word by word
-    reader      omnitok reader train       -> OUT/speech_run/last/reader/ and speech_reader/:
+    draw        omnitok train              -> OUT/draw_run/: the speech stage's model goes on
+                                              drawing (image documents, some speech)
+    reader      omnitok reader train       -> OUT/draw_run/last/reader/ and speech_reader/:
                                               the readers --rerank picks answers with
     eval        omnitok eval               -> OUT/eval/ (eval.json, contact sheet) of the
-                                              speech stage's model, --word-by-word
+                                              draw stage's model, --word-by-word
 
 Each stage is skipped when its output is complete (the data builder, the tokenizer and the
 trainer resume on their own), so an interrupted recipe picks up where it stopped: rerun the
@@ -34,7 +36,11 @@ Speech generation is learned last, from its own documents: the speech stage take
 documents of the first `speech_samples` training samples (each caption spoken word by word:
 the world's text->audio lines) and a seeded `speech_mix` share of those samples' other lines,
 and trains the train stage's model `speech_steps` more steps on them at a lower learning rate.
-Its model (OUT/speech_run/last) is the recipe's result, with two readers beside it
+The draw stage then trains that model `draw_steps` more on every image->text and text->image
+document, with each speech-stage document half as often (`draw_speech_mix`) so that it keeps
+speaking: hexagons and stars, the shapes it draws worst, need more passes over the image
+documents than the train stage gives them. Its model (OUT/draw_run/last) is the recipe's
+result, with two readers beside it
 (model/reader.py): small image-to-caption and speech-to-caption models trained on the
 world's image-caption and speech-caption pairs, which score candidate answers for
 `--rerank`.
@@ -50,7 +56,9 @@ from pathlib import Path
 
 from omnitok import OmnitokError, atomic_write_text
 
-STAGES = ("data", "text", "image", "audio", "tokenize", "train", "speech", "reader", "eval")
+STAGES = ("data", "text", "image", "audio", "tokenize", "train", "speech", "draw", "reader",
+          "eval")
+RESULT = Path("draw_run") / "last"  # the recipe's model, below OUT
 IMAGE_DIRECTIONS = ("image->text", "text->image")
 
 
@@ -78,6 +86,9 @@ class RecipeSettings:
     speech_mix: float = 0.17  # ... and this share of their other lines
     speech_steps: int = 600
     speech_lr: float = 8e-4
+    draw_steps: int = 400  # the draw stage: every image document once more, about
+    draw_speech_mix: float = 0.5  # ... with each speech-stage document this often
+    draw_lr: float = 5e-4
     reader_epochs: int = 12  # over the 24,000 image-caption pairs
     speech_reader_pairs: int = 6000  # of the audio->text lines (12,000 pick no better)
     speech_reader_epochs: int = 12
@@ -88,6 +99,7 @@ class RecipeSettings:
         return cls(n_train=24, n_heldout=8, text_vocab=300, image_steps=4, audio_steps=4,
                    preset="debug", other_fraction=0.5, train_steps=6, batch_size=2, seq_len=1024,
                    warmup_steps=2, speech_samples=24, speech_mix=0.5, speech_steps=4,
+                   draw_steps=4,
                    reader_epochs=2, speech_reader_pairs=0, speech_reader_epochs=2,
                    eval_limit=1)
 
@@ -103,7 +115,7 @@ def demo_train(*, out: Path = Path("runs/demo"), data: Path = Path("data/demo"),
         data: folder of the shapes-and-speech world (built when missing).
         quick: the small plumbing check (minutes): tiny world, debug preset, few steps.
         stages: stages to run, in order (finished ones are skipped): data text image audio
-            tokenize train speech reader eval.
+            tokenize train speech draw reader eval.
         preset: model preset (default: tiny; debug with --quick).
         train_steps: optimizer steps of the model.
         other_fraction: share of the documents in directions other than image->text and
@@ -134,7 +146,7 @@ def demo_train(*, out: Path = Path("runs/demo"), data: Path = Path("data/demo"),
         log[name] = {"seconds": round(seconds, 1), "total_seconds": round(spent, 1)}
         _write_log(out, log, s)
     total = sum(v.get("total_seconds", v.get("seconds", 0.0)) for v in log.values())
-    print(f"recipe done in {total / 60:.1f} min: checkpoint {out / 'speech_run' / 'last'}, "
+    print(f"recipe done in {total / 60:.1f} min: checkpoint {out / RESULT}, "
           f"eval {out / 'eval'}")
 
 
@@ -217,11 +229,28 @@ def _stages(out: Path, data: Path, s: RecipeSettings, threads: int | None,
                       checkpoint_every=max(1, min(150, s.speech_steps)),
                       val_data=out / "val_shards", val_every=max(1, min(300, s.speech_steps)))
 
+    def draw() -> None:
+        from omnitok import native_bf16
+        from omnitok.train.commands import train_command
+
+        run = out / RESULT.parent
+        train_command(data=out / "shards_image", mix=[f"{out / 'shards_speech'}:"
+                                                      f"{s.draw_speech_mix:g}"],
+                      out=run, init=out / "speech_run" / "last", image_neighbours=True,
+                      image_summary=s.image_summary,
+                      precision="bf16" if native_bf16() else "32",
+                      resume=(run / "last").exists(), max_steps=s.draw_steps,
+                      batch_size=s.batch_size, seq_len=s.seq_len, lr=s.draw_lr,
+                      min_lr=s.draw_lr * 0.06, warmup_steps=min(30, s.warmup_steps),
+                      condition_dropout=s.condition_dropout, seed=seed + 23, threads=threads,
+                      checkpoint_every=max(1, min(200, s.draw_steps)),
+                      val_data=out / "val_shards", val_every=max(1, min(200, s.draw_steps)))
+
     def reader() -> None:
         from omnitok.model.reader import READER_DIRS
         from omnitok.train.reader import train_reader_command
 
-        last = out / "speech_run" / "last"
+        last = out / RESULT
         if not (last / READER_DIRS["image"] / "config.json").exists():
             train_reader_command(manifest, tokenizer=last, epochs=s.reader_epochs, seed=seed,
                                  threads=threads or 0)
@@ -235,12 +264,13 @@ def _stages(out: Path, data: Path, s: RecipeSettings, threads: int | None,
         from omnitok.demo.evaluate import eval_command
         from omnitok.generate.showcase import WORD_CFG_SCALE
 
-        eval_command(out / "speech_run" / "last", data=data / "heldout.jsonl",
+        eval_command(out / RESULT, data=data / "heldout.jsonl",
                      limit=s.eval_limit, out=out / "eval", seed=seed, word_by_word=True,
                      word_cfg_scale=WORD_CFG_SCALE)
 
     return {"data": data_stage, "text": text, "image": image, "audio": audio,
-            "tokenize": tokenize, "train": train, "speech": speech, "reader": reader,
+            "tokenize": tokenize, "train": train, "speech": speech, "draw": draw,
+            "reader": reader,
             "eval": evaluate}
 
 

@@ -21,14 +21,17 @@ def test_quick_recipe_writes_every_artefact_and_resumes(tmp_path, capsys):
                  "val_shards/index.json",
                  "run/metrics.csv",
                  "run/curves.png", "shards_speech/index.json", "speech_run/metrics.csv",
-                 "speech_run/last/reader/model.safetensors",
-                 "speech_run/last/speech_reader/model.safetensors", "eval/eval.json",
+                 "draw_run/metrics.csv", "draw_run/last/reader/model.safetensors",
+                 "draw_run/last/speech_reader/model.safetensors", "eval/eval.json",
                  "eval/contact_sheet.png"):
         assert (out / path).exists(), path
     speech_rows = read_log(out / "speech_run" / "metrics.csv")
     assert speech_rows[-1]["step"] == 4 and speech_rows[-1]["val_loss"] > 0
+    draw = json.loads((out / "draw_run" / "train.json").read_text())
+    assert draw["train"]["init"] == str(out / "speech_run" / "last")
+    assert read_log(out / "draw_run" / "metrics.csv")[-1]["step"] == 4
     report = json.loads((out / "eval" / "eval.json").read_text())
-    assert report["checkpoint"] == str(out / "speech_run" / "last")
+    assert report["checkpoint"] == str(out / "draw_run" / "last")
     assert report["settings"]["word_by_word"]
     rows = read_log(out / "run" / "metrics.csv")
     assert rows[-1]["val_loss"] > 0  # the held-out loss at the last step
