@@ -86,7 +86,7 @@ class RecipeSettings:
     speech_mix: float = 0.17  # ... and this share of their other lines
     speech_steps: int = 600
     speech_lr: float = 8e-4
-    draw_steps: int = 400  # the draw stage: every image document once more, about
+    draw_steps: int = 400  # the draw stage: about a third of a pass over the image documents
     draw_speech_mix: float = 0.5  # ... with each speech-stage document this often
     draw_lr: float = 5e-4
     reader_epochs: int = 12  # over the 24,000 image-caption pairs
@@ -195,56 +195,40 @@ def _stages(out: Path, data: Path, s: RecipeSettings, threads: int | None,
         tokenize_command(data / "heldout.jsonl", tokenizer=tok, out=out / "val_shards",
                          workers=2)
 
-    def train() -> None:
+    def fit(run: Path, steps: int, every: int, val_every: int, **how) -> None:
+        """`omnitok train` into `run` (resumed where it stopped) with what every model stage
+        shares: the image summary, the precision, the batch, held-out loss on val_shards."""
         from omnitok import native_bf16
         from omnitok.train.commands import train_command
 
-        run = out / "run"
-        train_command(data=out / "shards_image", mix=[f"{out / 'shards'}:1"], out=run,
-                      model=s.preset, tokenizer=tok, codebook_init=True,
+        train_command(out=run, resume=(run / "last").exists(), max_steps=steps,
                       image_neighbours=True, image_summary=s.image_summary,
                       precision="bf16" if native_bf16() else "32",
-                      resume=(run / "last").exists(), max_steps=s.train_steps,
-                      batch_size=s.batch_size, seq_len=s.seq_len, lr=s.lr,
-                      min_lr=s.lr / 10, warmup_steps=s.warmup_steps,
-                      condition_dropout=s.condition_dropout, seed=seed, threads=threads,
-                      checkpoint_every=max(1, min(500, s.train_steps)),
-                      val_data=out / "val_shards", val_every=max(1, min(250, s.train_steps)))
+                      batch_size=s.batch_size, seq_len=s.seq_len,
+                      condition_dropout=s.condition_dropout, threads=threads,
+                      checkpoint_every=max(1, min(every, steps)), val_data=out / "val_shards",
+                      val_every=max(1, min(val_every, steps)), **how)
+
+    def train() -> None:
+        fit(out / "run", s.train_steps, 500, 250, data=out / "shards_image",
+            mix=[f"{out / 'shards'}:1"], model=s.preset, tokenizer=tok, codebook_init=True,
+            lr=s.lr, min_lr=s.lr / 10, warmup_steps=s.warmup_steps, seed=seed)
 
     def speech() -> None:
-        from omnitok import native_bf16
-        from omnitok.train.commands import tokenize_command, train_command
+        from omnitok.train.commands import tokenize_command
 
         speech_lines = data / f"train_speech_{s.speech_samples}_{s.speech_mix:g}_{seed}.jsonl"
         speech_manifest(manifest, speech_lines, s.speech_samples, s.speech_mix, seed)
         tokenize_command(speech_lines, tokenizer=tok, out=out / "shards_speech", workers=2)
-        run = out / "speech_run"
-        train_command(data=out / "shards_speech", out=run, init=out / "run" / "last",
-                      image_neighbours=True, image_summary=s.image_summary,
-                      precision="bf16" if native_bf16() else "32",
-                      resume=(run / "last").exists(), max_steps=s.speech_steps,
-                      batch_size=s.batch_size, seq_len=s.seq_len, lr=s.speech_lr,
-                      min_lr=s.speech_lr / 16, warmup_steps=min(30, s.warmup_steps),
-                      condition_dropout=s.condition_dropout, seed=seed + 11, threads=threads,
-                      checkpoint_every=max(1, min(150, s.speech_steps)),
-                      val_data=out / "val_shards", val_every=max(1, min(300, s.speech_steps)))
+        fit(out / "speech_run", s.speech_steps, 150, 300, data=out / "shards_speech",
+            init=out / "run" / "last", lr=s.speech_lr, min_lr=s.speech_lr / 16,
+            warmup_steps=min(30, s.warmup_steps), seed=seed + 11)
 
     def draw() -> None:
-        from omnitok import native_bf16
-        from omnitok.train.commands import train_command
-
-        run = out / RESULT.parent
-        train_command(data=out / "shards_image", mix=[f"{out / 'shards_speech'}:"
-                                                      f"{s.draw_speech_mix:g}"],
-                      out=run, init=out / "speech_run" / "last", image_neighbours=True,
-                      image_summary=s.image_summary,
-                      precision="bf16" if native_bf16() else "32",
-                      resume=(run / "last").exists(), max_steps=s.draw_steps,
-                      batch_size=s.batch_size, seq_len=s.seq_len, lr=s.draw_lr,
-                      min_lr=s.draw_lr * 0.06, warmup_steps=min(30, s.warmup_steps),
-                      condition_dropout=s.condition_dropout, seed=seed + 23, threads=threads,
-                      checkpoint_every=max(1, min(200, s.draw_steps)),
-                      val_data=out / "val_shards", val_every=max(1, min(200, s.draw_steps)))
+        fit(out / RESULT.parent, s.draw_steps, 200, 200, data=out / "shards_image",
+            mix=[f"{out / 'shards_speech'}:{s.draw_speech_mix:g}"],
+            init=out / "speech_run" / "last", lr=s.draw_lr, min_lr=s.draw_lr * 0.06,
+            warmup_steps=min(30, s.warmup_steps), seed=seed + 23)
 
     def reader() -> None:
         from omnitok.model.reader import READER_DIRS
@@ -270,8 +254,7 @@ def _stages(out: Path, data: Path, s: RecipeSettings, threads: int | None,
 
     return {"data": data_stage, "text": text, "image": image, "audio": audio,
             "tokenize": tokenize, "train": train, "speech": speech, "draw": draw,
-            "reader": reader,
-            "eval": evaluate}
+            "reader": reader, "eval": evaluate}
 
 
 def split_manifest(manifest: Path, image_out: Path, other_out: Path, fraction: float,
