@@ -60,7 +60,8 @@ COMMANDS: dict = {
     "reader": {
         "_help": "The caption and speech readers that --rerank picks answers with.",
         "train": ("omnitok.train.reader:train_reader_command",
-                  "Train a caption reader (image-caption pairs) or a speech reader (speech-caption pairs)."),
+                  "Train a caption reader (image-caption pairs) or a speech reader "
+                  "(speech-caption pairs)."),
     },
     "eval": ("omnitok.demo.evaluate:eval_command",
              "Score a checkpoint on held-out prompts in every direction with independent judges."),
